@@ -1,0 +1,55 @@
+"""The `vpnd` command line: a thin dispatcher.
+
+Each subcommand lives in the module of the system it talks to; this file only parses
+arguments and imports lazily, so `vpnd check` starts fast and never needs pyroute2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_CONFIG = "/etc/vpnd/config.toml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpnd", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a configuration file (like nginx -t)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
+    p = sub.add_parser("render", help="show what vpnd will apply: swanctl, frr, or the cloud-side sheet")
+    p.add_argument("what", choices=["swanctl", "frr", "peer"])
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--show-secrets", action="store_true", help="print pre-shared keys in clear")
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
+    p = sub.add_parser("lab", help="a real dual-tunnel lab in network namespaces on this machine")
+    p.add_argument("action", choices=["up", "down", "status", "demo"])
+    p.add_argument("--backend", choices=["auto", "native", "vm", "libipsec"], default="auto")
+    p.add_argument("--prefix", default=None, help="namespace prefix of the lab (default: vpnd)")
+    p.add_argument("--routing", choices=["route", "policy", "bgp"], default="route")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        from vpnd.config.check import main as run
+    elif args.command == "render":
+        from vpnd.render import main as run
+    elif args.command == "run":
+        from vpnd.supervisor import main as run
+    else:
+        from vpnd.lab.cli import main as run
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

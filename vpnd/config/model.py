@@ -1,0 +1,198 @@
+"""The validated, immutable configuration every other module reads.
+
+Nothing here parses or validates: `vpnd.config.load` builds these objects only from input
+that passed every rule, so adapters can trust each value (it may go into a VICI message or a
+vtysh command as it is). Defaults mirror the cloud's defaults (seed 000) and the vendor's
+strongSwan/FRR procedure (seed 003).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPv4Network = ipaddress.IPv4Network
+IPv4Address = ipaddress.IPv4Address
+
+Routing = Literal["route", "policy", "bgp"]
+Standby = Literal["prepend", "ecmp"]
+BothDown = Literal["keep", "withdraw"]
+InterfaceKind = Literal["xfrm", "existing"]
+
+# The route protocol number vpnd stamps on the routes it owns (ip route ... proto 249), so it
+# recognises them after a restart and never touches anyone else's.
+DEFAULT_ROUTE_PROTOCOL = 249
+
+
+class Secret:
+    """A pre-shared key. Its str/repr never show the value; only `reveal()` does."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_listen: str = "127.0.0.1:9456"      # "" disables the endpoint
+    control_socket: str = "/run/vpnd/control.sock"
+    vici_socket: str = "/var/run/charon.vici"
+    vtysh_path: str = "/usr/bin/vtysh"
+    frr_pathspace: str | None = None            # vtysh -N NAME
+    frr_vty_socket: str | None = None           # vtysh --vty_socket DIR
+    route_protocol: int = DEFAULT_ROUTE_PROTOCOL
+    withdraw_on_stop: bool = False              # SIGTERM leaves routes and SAs by default
+
+
+@dataclass(frozen=True)
+class IkeConfig:
+    version: Literal[1, 2] = 2
+    mode: Literal["main", "aggressive"] = "main"
+    encryption: str = "aes128"                  # aes128 aes192 aes256 des 3des
+    integrity: str = "sha1"                     # sha1 md5 sha256 sha384 sha512
+    dh_group: str = "group2"                    # group1 group2 group5 group14
+    lifetime: int = 86400                       # 0..86400 seconds
+
+
+@dataclass(frozen=True)
+class IpsecConfig:
+    encryption: str = "aes128"
+    integrity: str = "sha1"
+    pfs_group: str = "group2"                   # "disabled" or a DH group
+    lifetime: int = 86400
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """ICMP probes through each tunnel, with the cloud's semantics (interval, retries)."""
+
+    destination: IPv4Address
+    source: IPv4Address
+    interval: float = 3.0                       # seconds, >= 0.05
+    retries: int = 3                            # consecutive losses before a tunnel fails
+    switch_route: bool = True                   # False: report only, never move traffic
+    timeout: float | None = None                # per probe; None means `interval`
+    max_rtt_ms: float | None = None             # optional latency threshold
+    max_loss_percent: float | None = None       # optional loss threshold over the window
+
+
+@dataclass(frozen=True)
+class FailoverConfig:
+    preempt: bool = True                        # move back to tunnel 1 once it is healthy
+    preempt_delay: float = 10.0                 # seconds tunnel 1 must stay healthy first
+    hold_down: float = 5.0                      # minimum seconds between two switches
+    max_switches_per_minute: int = 4            # flap damping
+    both_down: BothDown = "keep"                # keep routes (no clear-text leak) or withdraw
+
+
+@dataclass(frozen=True)
+class BfdConfig:
+    enabled: bool = False
+    receive_interval_ms: int = 300
+    transmit_interval_ms: int = 300
+    detect_multiplier: int = 3
+
+
+@dataclass(frozen=True)
+class BgpConnectionConfig:
+    local_asn: int = 65530                      # asdot "123.456" is normalised on load
+    peer_asn: int = 45104                       # the cloud's default ASN
+    keepalive: int = 10
+    hold: int = 30
+    networks: tuple[IPv4Network, ...] = ()      # empty: the connection's local_networks
+    maximum_paths: int = 32
+    standby: Standby = "prepend"
+    prepend_count: int = 3
+    router_id: IPv4Address | None = None        # None: tunnel 1's local BGP IP
+    bfd: BfdConfig = field(default_factory=BfdConfig)
+
+
+@dataclass(frozen=True)
+class TunnelBgpConfig:
+    tunnel_cidr: IPv4Network                    # a /30 in 169.254.0.0/16, not reserved
+    local_ip: IPv4Address                       # ours, inside tunnel_cidr
+    peer_ip: IPv4Address                        # the cloud's, inside tunnel_cidr
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    name: str
+    local_address: IPv4Address                  # our IKE address
+    remote_address: IPv4Address                 # the cloud's IPsec address for this tunnel
+    local_id: str                               # defaults to local_address
+    remote_id: str                              # defaults to remote_address
+    psk: Secret                                 # from `psk` or `psk_file`
+    interface: str                              # ipsec0 / ipsec1 by default
+    if_id: int                                  # 42 / 43 by default
+    interface_kind: InterfaceKind = "xfrm"      # "existing": use a link someone else made
+    underlay: str | None = None                 # dev of `type xfrm dev eth0`
+    route_metric: int = 100                     # 100 for tunnel 1, 101 for tunnel 2
+    local_ts: tuple[IPv4Network, ...] = ()      # empty: by routing mode (0.0.0.0/0 or networks)
+    remote_ts: tuple[IPv4Network, ...] = ()
+    bgp: TunnelBgpConfig | None = None
+    psk_file: str | None = None                 # where the key came from, for messages
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    name: str
+    routing: Routing
+    local_networks: tuple[IPv4Network, ...]
+    remote_networks: tuple[IPv4Network, ...]
+    tunnels: tuple[TunnelConfig, ...]           # two (tunnel 1 active, tunnel 2 standby)
+    ike: IkeConfig = field(default_factory=IkeConfig)
+    ipsec: IpsecConfig = field(default_factory=IpsecConfig)
+    dpd_delay: int = 10                         # seconds; 0 disables charon's DPD
+    nat_traversal: bool = True
+    health_check: HealthCheckConfig | None = None
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
+    bgp: BgpConnectionConfig | None = None      # present iff routing == "bgp"
+
+    @property
+    def legacy_single_tunnel(self) -> bool:
+        return len(self.tunnels) == 1
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig
+    connections: tuple[ConnectionConfig, ...]
+    source: str = "<memory>"                    # the file it was read from
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule: the key path (`connection[0].tunnel[1].bgp.tunnel_cidr`) and why."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Raised with every problem found at once; the running config is never touched."""
+
+    def __init__(self, errors: list[Problem], warnings: list[Problem] | None = None) -> None:
+        self.errors = list(errors)
+        self.warnings = list(warnings or [])
+        super().__init__("; ".join(str(e) for e in self.errors))
