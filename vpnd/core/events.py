@@ -1,0 +1,173 @@
+"""Typed facts the pure core consumes. Adapters translate what they hear into these.
+
+Events carry no timestamps: the core is called as `decide(state, event, now)`, so tests
+control time and nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+
+class TunnelKey(NamedTuple):
+    connection: str
+    tunnel: str
+
+    def __str__(self) -> str:
+        return f"{self.connection}/{self.tunnel}"
+
+
+# --- charon, over VICI ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CharonConnected:
+    """A (re)connected VICI session; a full SaSnapshot follows."""
+
+
+@dataclass(frozen=True)
+class CharonDisconnected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class IkeUp:
+    tunnel: TunnelKey
+    ike_id: int                     # charon's unique id of the IKE SA
+
+
+@dataclass(frozen=True)
+class IkeDown:
+    tunnel: TunnelKey
+    ike_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildUp:
+    tunnel: TunnelKey
+    ike_id: int
+    child_id: int                   # charon's unique id of the CHILD SA
+
+
+@dataclass(frozen=True)
+class ChildDown:
+    tunnel: TunnelKey
+    ike_id: int
+    child_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class IkeRekeyed:
+    tunnel: TunnelKey
+    old_ike_id: int
+    new_ike_id: int
+
+
+@dataclass(frozen=True)
+class ChildRekeyed:
+    tunnel: TunnelKey
+    old_child_id: int
+    new_child_id: int
+
+
+@dataclass(frozen=True)
+class NegotiationFailed:
+    """Phase 1 = the IKE SA failed (PSK, IKE proposal, ids); phase 2 = the CHILD SA failed."""
+
+    tunnel: TunnelKey
+    phase: Literal[1, 2]
+    reason: str
+
+
+@dataclass(frozen=True)
+class CharonAlert:
+    """Early evidence from charon's log stream (retransmits): may shorten budgets, never switches."""
+
+    tunnel: TunnelKey
+    kind: Literal["retransmit", "retransmit_timeout"]
+    message: str
+
+
+@dataclass(frozen=True)
+class TunnelSa:
+    tunnel: TunnelKey
+    ike_id: int | None
+    ike_state: str | None           # ESTABLISHED, CONNECTING, ... as charon says
+    child_id: int | None
+    child_state: str | None         # INSTALLED, ...
+
+
+@dataclass(frozen=True)
+class SaSnapshot:
+    """The whole truth from `list-sas` after every (re)connect and on the resync timer."""
+
+    sas: tuple[TunnelSa, ...]
+
+
+# --- probes and BGP ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProbeResult:
+    tunnel: TunnelKey
+    ok: bool
+    rtt: float | None = None        # seconds
+
+
+@dataclass(frozen=True)
+class BgpSessionChanged:
+    tunnel: TunnelKey
+    established: bool
+
+
+@dataclass(frozen=True)
+class BfdChanged:
+    tunnel: TunnelKey
+    up: bool
+
+
+# --- the kernel, over netlink ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OwnedRouteLost:
+    """A route vpnd owns was deleted or changed by someone else."""
+
+    connection: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class InterfaceLost:
+    tunnel: TunnelKey
+    interface: str
+
+
+# --- operators and time ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Drain:
+    tunnel: TunnelKey
+
+
+@dataclass(frozen=True)
+class Undrain:
+    tunnel: TunnelKey
+
+
+@dataclass(frozen=True)
+class ForceFailover:
+    to: TunnelKey
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: lets timers (backoff, preempt delay) fire. Sent at the deadline the core asked for."""
+
+
+Event = (
+    CharonConnected | CharonDisconnected | IkeUp | IkeDown | ChildUp | ChildDown | IkeRekeyed
+    | ChildRekeyed | NegotiationFailed | CharonAlert | SaSnapshot | ProbeResult
+    | BgpSessionChanged | BfdChanged | OwnedRouteLost | InterfaceLost | Drain | Undrain
+    | ForceFailover | Tick
+)
