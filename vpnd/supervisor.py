@@ -1,0 +1,150 @@
+"""`vpnd run`: wires the adapters to the pure core through one event queue.
+
+Every source (charon over VICI, netlink, probes, operators, timers) only posts typed events
+to one `asyncio.Queue`; one reconciler task feeds them to the core and carries out the
+actions it returns, one at a time. Nothing else touches routes, charon or vtysh, so there is
+no ordering question between two writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any, Awaitable, Callable
+
+from vpnd import logs
+from vpnd.config.model import Config, ConfigError
+from vpnd.core import actions as A
+from vpnd.core import events as E
+from vpnd.systemd import Notifier, watchdog_interval
+
+log = logs.get("vpnd.supervisor")
+
+
+class Supervisor:
+    """Owns the queue, the core engine and the adapters' tasks; nothing else holds state."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from vpnd.core.engine import Engine
+
+        self.config = config
+        self.engine = Engine(config)
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.stopping = asyncio.Event()
+        self.reload_requested = False
+        self.executors: dict[type, Callable[[Any], Awaitable[None]]] = {}
+        self.ready = asyncio.Event()
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def post(self, event: Any) -> None:
+        """The only way an adapter talks to the core (thread-unsafe by design: one loop)."""
+        self.queue.put_nowait(event)
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+        self.queue.put_nowait(None)  # wake the reconciler
+
+    def request_reload(self) -> None:
+        if not self.reload_requested:  # repeated SIGHUPs merge into one reload
+            self.reload_requested = True
+            self.queue.put_nowait(None)
+
+    # --- the reconciler -------------------------------------------------------------------
+
+    def on(self, action_type: type, run: Callable[[Any], Awaitable[None]]) -> None:
+        self.executors[action_type] = run
+
+    async def reconcile(self) -> None:
+        while not self.stopping.is_set():
+            deadline = self.engine.next_deadline
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            try:
+                event = await asyncio.wait_for(self.queue.get(), timeout)
+            except TimeoutError:
+                event = E.Tick()
+            if event is None:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    await self._reload()
+                continue
+            await self.dispatch(event)
+
+    async def dispatch(self, event: Any) -> None:
+        try:
+            actions = self.engine.handle(event, self.clock())
+        except Exception:  # a core bug must not kill the gateway's supervision
+            log.exception("core.error", event=type(event).__name__)
+            return
+        for action in actions:
+            run = self.executors.get(type(action))
+            if run is None:
+                if isinstance(action, A.ReportTransition):
+                    log.info("tunnel.state_changed", connection=action.tunnel.connection,
+                             tunnel=action.tunnel.tunnel, **{"from": action.old},
+                             to=action.new, reason=action.reason)
+                else:
+                    log.debug("action.unhandled", action=repr(action))
+                continue
+            try:
+                await run(action)
+            except Exception as exc:
+                log.error("action.failed", action=type(action).__name__, error=str(exc))
+
+    async def _reload(self) -> None:
+        log.info("config.reload_requested", source=self.config.source)
+        self.notifier.reloading()
+        try:
+            from vpnd.config.load import load_file
+
+            new = load_file(self.config.source)
+        except ConfigError as err:
+            for p in err.errors:
+                log.error("config.reload_rejected", path=p.path, problem=p.message)
+            self.notifier.ready("reload rejected; running config kept")
+            return
+        log.info("config.reload_valid", connections=len(new.connections))
+        # Applying by difference is the operations issue's work; keep the running config.
+        self.notifier.ready("running")
+
+    # --- the loop's own health ------------------------------------------------------------
+
+    async def watchdog(self) -> None:
+        """Pings systemd from the loop itself: a stalled loop stops the pings."""
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while not self.stopping.is_set():
+            self.notifier.watchdog()
+            try:
+                await asyncio.wait_for(self.stopping.wait(), interval)
+            except TimeoutError:
+                pass
+
+
+def install_signal_handlers(sup: Supervisor) -> None:
+    """Handlers only record intent; the reconciler acts on it."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, sup.request_stop)
+    loop.add_signal_handler(signal.SIGINT, sup.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, sup.request_reload)
+
+
+def main(args: Any) -> int:
+    from vpnd.config.load import load_file
+
+    try:
+        config = load_file(args.config)
+    except ConfigError as err:
+        for p in err.errors:
+            print(f"error: {p}", flush=True)
+        return 1
+    logs.configure(config.daemon.log_format, config.daemon.log_level)
+    logs.register_secrets(t.psk.reveal() for c in config.connections for t in c.tunnels)
+    from vpnd.daemon import run_daemon
+
+    return asyncio.run(run_daemon(config))
