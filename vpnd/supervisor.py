@@ -76,7 +76,7 @@ class Supervisor:
 
     async def dispatch(self, event: Any) -> None:
         try:
-            actions = self.engine.handle(event, self.clock())
+            actions, _deadline = self.engine.handle(event, self.clock())
         except Exception:  # a core bug must not kill the gateway's supervision
             log.exception("core.error", event=type(event).__name__)
             return
