@@ -206,6 +206,7 @@ class _Loader:
             return True, data[key]
         if default is REQUIRED:
             self.error(path, "required key is missing")
+            return False, None
         return False, default
 
     def table(self, data: dict[str, Any], key: str, path: str) -> dict[str, Any] | None:
@@ -295,9 +296,9 @@ class _Loader:
             return None
         too_low = value <= lo if lo_open else value < lo
         if too_low or (hi is not None and value > hi):
-            low = f"more than {lo}" if lo_open else f"at least {lo}"
-            rng = f"{low}" + (f" and at most {hi}" if hi is not None else "")
-            self.error(path, f"{value} out of range: must be {rng}")
+            low = f"more than {lo:g}" if lo_open else f"at least {lo:g}"
+            rng = f"{low}" + (f" and at most {hi:g}" if hi is not None else "")
+            self.error(path, f"{value:g} out of range: must be {rng}")
             return None
         return float(value)
 
@@ -859,8 +860,6 @@ class _Loader:
                                    f"{interfaces[t.interface]}")
                     else:
                         interfaces[t.interface] = q
-                if t.underlay is not None and t.underlay in interfaces:
-                    self.error(f"{q}.underlay", f"{t.underlay!r} is a tunnel interface")
                 if t.if_id is not None:
                     if t.if_id in if_ids:
                         self.error(f"{q}.if_id", f"{t.if_id} is already used by {if_ids[t.if_id]}")
@@ -868,23 +867,28 @@ class _Loader:
                         if_ids[t.if_id] = q
                 if t.local_address is not None and t.remote_address is not None:
                     key = (t.local_address, t.remote_address)
-                    if key in endpoints:
+                    if key in endpoints and not endpoints[key].startswith(f"connection[{ci}]."):
                         self.error(f"{q}.remote_address", f"{t.local_address} -> "
                                    f"{t.remote_address} is already {endpoints[key]}: charon "
                                    "could not tell the two IKE SAs apart")
-                    else:
-                        endpoints[key] = q
+                    endpoints.setdefault(key, q)
                 if t.bgp is not None and t.bgp.tunnel_cidr is not None:
                     cidr = t.bgp.tunnel_cidr
                     if cidr in cidrs and not cidrs[cidr].startswith(f"connection[{ci}]."):
                         self.error(f"{q}.bgp.tunnel_cidr", f"{cidr} is already used by "
                                    f"{cidrs[cidr]}")
                     cidrs.setdefault(cidr, q)
+        for ci, c in enumerate(conns):
+            for ti, t in enumerate(c.tunnels):
+                if t.underlay is not None and t.underlay in interfaces:
+                    self.error(f"connection[{ci}].tunnel[{ti}].underlay",
+                               f"{t.underlay!r} is a tunnel interface, not an underlay")
 
 
 def _suggest(word: str, choices: tuple[str, ...]) -> str:
     """'; did you mean X?' for a typo, preferring a choice the word starts (aes -> aes128)."""
-    close = [c for c in choices if word and c.startswith(word)]
+    close = [c for c in choices if c == word.lower()]
+    close = close or [c for c in choices if word and c.startswith(word)]
     close = close or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
