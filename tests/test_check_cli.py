@@ -77,6 +77,11 @@ def test_directory_instead_of_file(tmp_path):
     assert rc == 1 and "cannot read the file" in err
 
 
+def test_endless_file():
+    rc, _, err = run_check("/dev/zero")
+    assert rc == 1 and "larger than" in err
+
+
 def test_not_utf8(tmp_path):
     p = tmp_path / "c.toml"
     p.write_bytes(b"[daemon]\nlog_level = \"\xff\"\n")

@@ -589,6 +589,12 @@ def test_psk_file_unreadable(tmp_path):
     assert errors and "cannot read" in errors[0].message
 
 
+def test_psk_pasted_into_psk_file_not_printed(tmp_path):
+    _, errors, _ = run(psk_file_doc(SECRET_1), base_dir=str(tmp_path))
+    assert [e.path for e in errors] == ["connection[0].tunnel[0].psk_file"]
+    assert SECRET_1 not in errors[0].message and str(tmp_path) in errors[0].message
+
+
 def test_psk_and_psk_file_both():
     _, errors, _ = run(build("route", {f"{T0}.psk_file": "x"}))
     assert [e.path for e in errors] == ["connection[0].tunnel[0].psk"]

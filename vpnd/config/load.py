@@ -75,6 +75,7 @@ _SECTIONS = {
 }
 
 PSK_FILE_MAX_BYTES = 4096
+CONFIG_MAX_BYTES = 1 << 20
 REQUIRED: Any = object()            # a getter's default meaning "the key must be present"
 
 _TYPE_NAMES = {
@@ -104,10 +105,13 @@ def load_file_with_warnings(
     source = os.fspath(path)
     try:
         with open(source, "rb") as f:
-            raw = f.read()
+            raw = f.read(CONFIG_MAX_BYTES + 1)
             mode = os.fstat(f.fileno()).st_mode
     except (OSError, ValueError) as exc:
         raise ConfigError([Problem(source, f"cannot read the file: {_os_reason(exc)}")]) from None
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise ConfigError([Problem(source, f"larger than {CONFIG_MAX_BYTES} bytes: not a "
+                                           "vpnd configuration")])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -608,7 +612,8 @@ class _Loader:
         if not value or "\0" in value:
             self.error(path, "expected a file name")
             return None, None
-        full = value if os.path.isabs(value) else os.path.join(self.base_dir or os.getcwd(), value)
+        base = self.base_dir or os.getcwd()
+        full = value if os.path.isabs(value) else os.path.join(base, value)
         try:
             st = os.stat(full)
             if not stat.S_ISREG(st.st_mode):
@@ -619,6 +624,11 @@ class _Loader:
                 return None, None
             with open(full, "rb") as f:
                 raw = f.read(PSK_FILE_MAX_BYTES + 1)
+        except FileNotFoundError:
+            # Not quoted: a key pasted into psk_file by mistake must not be printed.
+            where = "" if os.path.isabs(value) else f" (relative paths start at {base})"
+            self.error(path, f"no such file{where}; psk_file names a file holding the key")
+            return None, None
         except (OSError, ValueError) as exc:
             self.error(path, f"cannot read {value!r}: {_os_reason(exc)}")
             return None, None
