@@ -163,6 +163,7 @@ ROWS = [
     r("ike version 1", {f"{C}.ike.version": 1}),
     r("ike version 3", {f"{C}.ike.version": 3}, ERR, f"{C}.ike.version"),
     r("ike version string", {f"{C}.ike.version": "ikev2"}, ERR, f"{C}.ike.version"),
+    r("ike version float", {f"{C}.ike.version": 2.0}, ERR, f"{C}.ike.version"),
     r("ike version bool", {f"{C}.ike.version": True}, ERR, f"{C}.ike.version"),
     r("ike aggressive v1", {f"{C}.ike.version": 1, f"{C}.ike.mode": "aggressive"}),
     r("ike aggressive v2", {f"{C}.ike.mode": "aggressive"}, WARN, f"{C}.ike.mode"),

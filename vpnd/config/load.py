@@ -402,7 +402,7 @@ class _Loader:
         self.check_keys(d, p, IKE_KEYS)
         df = IkeConfig()
         version = self.raw(d, "version", f"{p}.version", df.version)[1]
-        if "version" in d and (isinstance(version, bool) or version not in rules.IKE_VERSIONS):
+        if "version" in d and (type(version) is not int or version not in rules.IKE_VERSIONS):
             hint = ""
             if isinstance(version, str) and version.lower() in ("ikev1", "ikev2", "1", "2"):
                 hint = f"; write version = {version[-1]}"
