@@ -46,7 +46,9 @@ CONNECTION_KEYS = (
     "name", "routing", "local_networks", "remote_networks", "dpd_delay", "nat_traversal",
     "ike", "ipsec", "health_check", "failover", "bgp", "tunnel",
 )
-IKE_KEYS = ("version", "mode", "encryption", "integrity", "dh_group", "lifetime", "local_id", "remote_id")
+IKE_KEYS = (
+    "version", "mode", "encryption", "integrity", "dh_group", "lifetime", "local_id", "remote_id",
+)
 IPSEC_KEYS = ("encryption", "integrity", "pfs_group", "lifetime")
 HEALTH_KEYS = (
     "destination", "source", "interval", "retries", "switch_route", "timeout", "max_rtt_ms",
@@ -549,7 +551,8 @@ class _Loader:
         if bgp.local_asn is not None and bgp.local_asn == bgp.peer_asn:
             self.error(f"{p}.local_asn", f"local_asn equals peer_asn ({bgp.local_asn}): the "
                        "cloud peers over eBGP, use your own ASN")
-        if bgp.router_id is not None and (bgp.router_id.is_unspecified or bgp.router_id.is_multicast):
+        rid = bgp.router_id
+        if rid is not None and (rid.is_unspecified or rid.is_multicast):
             self.error(f"{p}.router_id", f"{bgp.router_id} cannot be a router id")
         if bgp.standby == "ecmp" and bgp.maximum_paths == 1:
             self.warn(f"{p}.maximum_paths", "standby = \"ecmp\" with maximum_paths = 1 uses "
@@ -842,7 +845,7 @@ class _Loader:
                 if remote is not None and not any(hc.destination in n for n in inside):
                     self.warn(f"{hp}.destination", f"{hc.destination} is not inside "
                               "remote_networks: probes may not go through the tunnel")
-            if hc.source is not None and local is not None and not any(hc.source in n for n in local):
+            if hc.source is not None and local and not any(hc.source in n for n in local):
                 self.warn(f"{hp}.source", f"{hc.source} is not inside local_networks: replies "
                           "may not come back through the tunnel")
         elif c.routing in ("route", "policy") and len(tunnels) == 2:

@@ -46,7 +46,8 @@ PSK_SHORT = 16          # the cloud generates 16 characters when it picks the ke
 def psk_problem(value: str) -> str | None:
     """Why the cloud would refuse this key, without ever quoting it."""
     if not PSK_MIN_LEN <= len(value) <= PSK_MAX_LEN:
-        return f"the key must be {PSK_MIN_LEN} to {PSK_MAX_LEN} characters long (it has {len(value)})"
+        return (f"the key must be {PSK_MIN_LEN} to {PSK_MAX_LEN} characters long "
+                f"(it has {len(value)})")
     for i, ch in enumerate(value, 1):
         if ch.isspace():
             return f"the key must not contain spaces (character {i} is whitespace)"
@@ -292,8 +293,10 @@ def pathspace_problem(value: str) -> str | None:
 
 # --- Addresses -------------------------------------------------------------------------------
 
-RFC1918 = tuple(
-    ipaddress.IPv4Network(c) for c in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+# RFC 1918 private ranges and RFC 6598 carrier-grade NAT: an address here is behind NAT.
+NAT_PRIVATE = tuple(
+    ipaddress.IPv4Network(c)
+    for c in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 )
 
 
@@ -311,4 +314,4 @@ def endpoint_problem(ip: ipaddress.IPv4Address) -> str | None:
 
 
 def is_nat_private(ip: ipaddress.IPv4Address) -> bool:
-    return any(ip in net for net in RFC1918)
+    return any(ip in net for net in NAT_PRIVATE)
