@@ -891,10 +891,18 @@ class _Loader:
                         self.error(f"{q}.bgp.tunnel_cidr", f"{cidr} is already used by "
                                    f"{cidrs[cidr]}")
                     cidrs.setdefault(cidr, q)
+        id_pairs: dict[tuple[str, str], tuple[str, Secret]] = {}
         for ci, c in enumerate(conns):
             for ti, t in enumerate(c.tunnels):
+                q = f"connection[{ci}].tunnel[{ti}]"
+                if t.local_id and t.remote_id and t.psk is not None:
+                    seen = id_pairs.setdefault((t.local_id, t.remote_id), (q, t.psk))
+                    if seen[1] != t.psk:
+                        self.error(f"{q}.remote_id", f"{seen[0]} has the same local_id and "
+                                   "remote_id but another key: charon picks the key by these "
+                                   "identities, so set distinct ids")
                 if t.underlay is not None and t.underlay in interfaces:
-                    self.error(f"connection[{ci}].tunnel[{ti}].underlay",
+                    self.error(f"{q}.underlay",
                                f"{t.underlay!r} is a tunnel interface, not an underlay")
 
 
