@@ -755,6 +755,13 @@ class _Loader:
     # --- rules that span several keys --------------------------------------------------------
 
     def connection_rules(self, c: ConnectionConfig, p: str) -> None:
+        self.tunnel_pair_rules(c, p)
+        self.network_rules(c, p)
+        self.per_tunnel_rules(c, p)
+        self.health_rules(c, p)
+
+    def tunnel_pair_rules(self, c: ConnectionConfig, p: str) -> None:
+        """The cloud's dual-tunnel mode: two tunnels that differ where it matters."""
         tunnels = c.tunnels
         if not tunnels:
             self.error(f"{p}.tunnel", "no tunnels: a connection needs two (tunnel 1 active, "
@@ -765,61 +772,62 @@ class _Loader:
         elif len(tunnels) > 2:
             self.error(f"{p}.tunnel", f"{len(tunnels)} tunnels: a connection has exactly two "
                        "(tunnel 1 active, tunnel 2 standby)")
-        if len(tunnels) == 2:
-            t1, t2 = tunnels
-            q = f"{p}.tunnel[1]"
-            if t1.remote_address is not None and t1.remote_address == t2.remote_address:
-                self.error(f"{q}.remote_address", f"both tunnels go to {t1.remote_address}; the "
-                           "cloud gives each tunnel its own IPsec address")
-            if t1.name is not None and t1.name == t2.name:
-                self.error(f"{q}.name", f"tunnel name {t1.name!r} used twice in {c.name!r}")
-            if t1.route_metric is not None and t1.route_metric == t2.route_metric:
-                self.error(f"{q}.route_metric", f"both tunnels use metric {t1.route_metric}: the "
-                           "standby route must have a different (higher) metric")
-            elif (t1.route_metric is not None and t2.route_metric is not None
-                  and t2.route_metric < t1.route_metric):
-                self.warn(f"{q}.route_metric", "tunnel 2 has the lower metric, so it is preferred "
-                          "when both are up")
-            if t1.bgp is not None and t2.bgp is not None:
-                if t1.bgp.tunnel_cidr is not None and t1.bgp.tunnel_cidr == t2.bgp.tunnel_cidr:
-                    self.error(f"{q}.bgp.tunnel_cidr", f"both tunnels use {t1.bgp.tunnel_cidr}; "
-                               "the two tunnels must use different tunnel CIDR blocks")
+        if len(tunnels) != 2:
+            return
+        t1, t2 = tunnels
+        q = f"{p}.tunnel[1]"
+        if t1.remote_address is not None and t1.remote_address == t2.remote_address:
+            self.error(f"{q}.remote_address", f"both tunnels go to {t1.remote_address}; the "
+                       "cloud gives each tunnel its own IPsec address")
+        if t1.name is not None and t1.name == t2.name:
+            self.error(f"{q}.name", f"tunnel name {t1.name!r} used twice in {c.name!r}")
+        if t1.route_metric is not None and t1.route_metric == t2.route_metric:
+            self.error(f"{q}.route_metric", f"both tunnels use metric {t1.route_metric}: the "
+                       "standby route must have a different (higher) metric")
+        elif (t1.route_metric is not None and t2.route_metric is not None
+              and t2.route_metric < t1.route_metric):
+            self.warn(f"{q}.route_metric", "tunnel 2 has the lower metric, so it is preferred "
+                      "when both are up")
+        if (t1.bgp is not None and t2.bgp is not None and t1.bgp.tunnel_cidr is not None
+                and t1.bgp.tunnel_cidr == t2.bgp.tunnel_cidr):
+            self.error(f"{q}.bgp.tunnel_cidr", f"both tunnels use {t1.bgp.tunnel_cidr}; the "
+                       "two tunnels must use different tunnel CIDR blocks")
+
+    def network_rules(self, c: ConnectionConfig, p: str) -> None:
+        """Protected networks: present, disjoint, few enough, one per side with IKEv1."""
         local, remote = c.local_networks, c.remote_networks
         for key, nets in (("local_networks", local), ("remote_networks", remote)):
             if nets is not None and not nets:
                 self.error(f"{p}.{key}", "needs at least one CIDR")
-            if nets:
-                for a_i, a in enumerate(nets):
-                    for b in nets[a_i + 1:]:
-                        if a.overlaps(b):
-                            self.warn(f"{p}.{key}", f"{a} and {b} overlap")
+            for i, a in enumerate(nets or ()):
+                for b in nets[i + 1:]:
+                    if a.overlaps(b):
+                        self.warn(f"{p}.{key}", f"{a} and {b} overlap")
+            if c.ike.version == 1 and nets and len(nets) > 1:
+                self.error(f"{p}.ike.version", f"{key} has {len(nets)} CIDRs; more than one "
+                           "network per side requires version = 2 (IKEv2)")
         if remote is not None and len(remote) > rules.MAX_REMOTE_NETWORKS:
             self.error(f"{p}.remote_networks", f"{len(remote)} CIDRs; the cloud accepts at most "
                        f"{rules.MAX_REMOTE_NETWORKS}")
-        if local and remote:
-            for r in remote:
-                for lo in local:
-                    if r.overlaps(lo):
-                        self.error(f"{p}.remote_networks", f"{r} overlaps local network {lo}")
-        if c.ike.version == 1:
-            for key, nets in (("local_networks", local), ("remote_networks", remote)):
-                if nets and len(nets) > 1:
-                    self.error(f"{p}.ike.version", f"{key} has {len(nets)} CIDRs; more than one "
-                               "network per side requires version = 2 (IKEv2)")
-            for i, t in enumerate(tunnels):
+        for r in remote or ():
+            for lo in local or ():
+                if r.overlaps(lo):
+                    self.error(f"{p}.remote_networks", f"{r} overlaps local network {lo}")
+
+    def per_tunnel_rules(self, c: ConnectionConfig, p: str) -> None:
+        for i, t in enumerate(c.tunnels):
+            q = f"{p}.tunnel[{i}]"
+            if c.ike.version == 1:
                 for key in ("local_ts", "remote_ts"):
                     ts = getattr(t, key)
                     if ts and len(ts) > 1:
-                        self.error(f"{p}.tunnel[{i}].{key}", "more than one traffic selector "
-                                   "requires ike.version = 2")
-        for i, t in enumerate(tunnels):
-            q = f"{p}.tunnel[{i}]"
-            if t.remote_address is not None and remote:
-                for r in remote:
-                    if t.remote_address in r:
-                        self.warn(f"{p}.remote_networks", f"{r} contains {q}.remote_address "
-                                  f"{t.remote_address}: its IKE/ESP packets would be routed into "
-                                  "the tunnel unless a more specific route exists")
+                        self.error(f"{q}.{key}", "more than one traffic selector requires "
+                                   "ike.version = 2")
+            for r in c.remote_networks or ():
+                if t.remote_address is not None and t.remote_address in r:
+                    self.warn(f"{p}.remote_networks", f"{r} contains {q}.remote_address "
+                              f"{t.remote_address}: its IKE/ESP packets would be routed into "
+                              "the tunnel unless a more specific route exists")
             if c.ike.version == 1 and c.ike.mode == "main":
                 for key in ("local_id", "remote_id"):
                     ident = getattr(t, key)
@@ -831,26 +839,30 @@ class _Loader:
                     and not rules.is_nat_private(t.remote_address)):
                 self.warn(f"{p}.nat_traversal", f"{q}.local_address {t.local_address} is private "
                           "and the peer public: behind NAT the tunnel needs nat_traversal = true")
-        hc = c.health_check
-        if hc is not None:
-            hp = f"{p}.health_check"
-            if hc.destination is not None:
-                for t in tunnels:
-                    if hc.destination in (t.remote_address, t.local_address):
-                        self.error(f"{hp}.destination", f"{hc.destination} is a tunnel endpoint: "
-                                   "probes would test the underlay, not the tunnel")
-                inside = list(remote or ()) + [
-                    t.bgp.tunnel_cidr for t in tunnels if t.bgp and t.bgp.tunnel_cidr
-                ]
-                if remote is not None and not any(hc.destination in n for n in inside):
-                    self.warn(f"{hp}.destination", f"{hc.destination} is not inside "
-                              "remote_networks: probes may not go through the tunnel")
-            if hc.source is not None and local and not any(hc.source in n for n in local):
-                self.warn(f"{hp}.source", f"{hc.source} is not inside local_networks: replies "
-                          "may not come back through the tunnel")
-        elif c.routing in ("route", "policy") and len(tunnels) == 2:
-            self.warn(f"{p}.health_check", "no health check: failover then waits for IKE/DPD to "
-                      "notice a dead tunnel (tens of seconds)")
+
+    def health_rules(self, c: ConnectionConfig, p: str) -> None:
+        """Probes must cross the tunnel: not to an endpoint, between the protected networks."""
+        hc, tunnels = c.health_check, c.tunnels
+        if hc is None:
+            if c.routing in ("route", "policy") and len(tunnels) == 2:
+                self.warn(f"{p}.health_check", "no health check: failover then waits for "
+                          "IKE/DPD to notice a dead tunnel (tens of seconds)")
+            return
+        hp = f"{p}.health_check"
+        if hc.destination is not None:
+            endpoints = {a for t in tunnels for a in (t.local_address, t.remote_address)}
+            if hc.destination in endpoints:
+                self.error(f"{hp}.destination", f"{hc.destination} is a tunnel endpoint: "
+                           "probes would test the underlay, not the tunnel")
+            inside = list(c.remote_networks or ()) + [
+                t.bgp.tunnel_cidr for t in tunnels if t.bgp and t.bgp.tunnel_cidr]
+            if c.remote_networks is not None and not any(hc.destination in n for n in inside):
+                self.warn(f"{hp}.destination", f"{hc.destination} is not inside "
+                          "remote_networks: probes may not go through the tunnel")
+        local = c.local_networks
+        if hc.source is not None and local and not any(hc.source in n for n in local):
+            self.warn(f"{hp}.source", f"{hc.source} is not inside local_networks: replies "
+                      "may not come back through the tunnel")
 
     def across_connections(self, conns: tuple[ConnectionConfig, ...]) -> None:
         names: dict[str, int] = {}
