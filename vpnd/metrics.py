@@ -1,0 +1,85 @@
+"""Prometheus metrics: what an operator's dashboard and alerts read.
+
+Every configured tunnel has its series from the start (state one-hot, up, active), also while
+it is down or never negotiated: the common IPsec exporters drop down tunnels, which breaks
+"tunnel down" alerts exactly when they matter. Names follow Prometheus conventions (base
+units, `_total`, `_seconds`). A private registry keeps tests independent.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.exposition import generate_latest
+
+from vpnd.config.model import Config
+
+TUNNEL_STATES = ("down", "connecting", "phase1_failed", "ike_up", "phase2_failed", "established")
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        lt = ["connection", "tunnel"]
+        self.tunnel_state = Gauge("vpnd_tunnel_state", "1 for the tunnel's current state",
+                                  lt + ["state"], registry=r)
+        self.tunnel_up = Gauge("vpnd_tunnel_up", "1 when the tunnel's CHILD SA is installed", lt, registry=r)
+        self.tunnel_active = Gauge("vpnd_tunnel_active", "1 for the tunnel carrying traffic", lt, registry=r)
+        self.transitions = Counter("vpnd_tunnel_transitions_total", "Tunnel state changes",
+                                   lt + ["from", "to"], registry=r)
+        self.failovers = Counter("vpnd_failovers_total", "Switches of the active tunnel",
+                                 ["connection", "from", "to", "reason"], registry=r)
+        self.probe_rtt = Histogram("vpnd_probe_rtt_seconds", "Health probe round-trip time", lt,
+                                   buckets=RTT_BUCKETS, registry=r)
+        self.probes_sent = Counter("vpnd_probes_sent_total", "Health probes sent", lt, registry=r)
+        self.probes_lost = Counter("vpnd_probes_lost_total", "Health probes without a reply in time",
+                                   lt, registry=r)
+        self.route_repairs = Counter("vpnd_route_repairs_total",
+                                     "vpnd routes put back after someone else removed or changed them",
+                                     ["connection"], registry=r)
+        self.charon_up = Gauge("vpnd_vici_connected", "1 while the VICI session to charon is up", registry=r)
+        self.frr_up = Gauge("vpnd_frr_connected", "1 while the vtysh session to FRR is up", registry=r)
+        self.reload_success = Gauge("vpnd_config_last_reload_successful",
+                                    "1 if the last configuration reload was applied", registry=r)
+        self.reload_time = Gauge("vpnd_config_last_reload_success_timestamp_seconds",
+                                 "Time of the last successful reload", registry=r)
+        self.loop_lag = Gauge("vpnd_event_loop_lag_seconds", "How late the event loop ran a timer",
+                              registry=r)
+
+    def declare(self, config: Config) -> None:
+        """Create every tunnel's series up front, so a never-negotiated tunnel still reads 0."""
+        for c in config.connections:
+            for t in c.tunnels:
+                labels = (c.name, t.name)
+                self.set_state(c.name, t.name, "down")
+                self.tunnel_active.labels(*labels).set(0)
+                self.probes_sent.labels(*labels)
+                self.probes_lost.labels(*labels)
+            self.route_repairs.labels(c.name)
+        self.reload_success.set(1)
+
+    def set_state(self, connection: str, tunnel: str, state: str) -> None:
+        for s in TUNNEL_STATES:
+            self.tunnel_state.labels(connection, tunnel, s).set(1 if s == state else 0)
+        self.tunnel_up.labels(connection, tunnel).set(1 if state == "established" else 0)
+
+    def set_active(self, connection: str, tunnels: tuple[str, ...], active: str | None) -> None:
+        for t in tunnels:
+            self.tunnel_active.labels(connection, t).set(1 if t == active else 0)
+
+    def probe(self, connection: str, tunnel: str, ok: bool, rtt: float | None) -> None:
+        self.probes_sent.labels(connection, tunnel).inc()
+        if ok and rtt is not None:
+            self.probe_rtt.labels(connection, tunnel).observe(rtt)
+        elif not ok:
+            self.probes_lost.labels(connection, tunnel).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve(self, listen: str) -> None:
+        """Serve /metrics on host:port (the daemon's `metrics_listen`; "" disables it)."""
+        if not listen:
+            return
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
