@@ -251,7 +251,7 @@ def _failed(t: Tunnel, ev: NegotiationFailed, now: float, timers: Timers):
     # phase 1 failing beside a live IKE SA concerns another attempt: that IKE SA still stands
     phase = t.failed_phase if ev.phase == 1 and t.ikes else ev.phase
     new = replace(t, pending_since=None, failures=t.failures + 1, failed_phase=phase,
-                  retry_at=now + timers.backoff(t.failures))
+                  retry_at=now + timers.backoff(t.failures + 1))
     return new, f"phase {ev.phase} failed: {ev.reason}", []
 
 
@@ -326,10 +326,10 @@ def _tick(t: Tunnel, ev: Tick, now: float, timers: Timers):
         waited = now - t.pending_since
         if t.ikes:      # IKE SA up, CHILD SA never came: retry the child over the same IKE SA
             new = replace(t, pending_since=None, failures=t.failures + 1, failed_phase=2,
-                          retry_at=now + timers.backoff(t.failures))
+                          retry_at=now + timers.backoff(t.failures + 1))
             return new, f"phase 2 failed: no CHILD SA after {waited:.0f} s", []
         new = replace(t, pending_since=None, failures=t.failures + 1, failed_phase=1,
-                      retry_at=now + timers.backoff(t.failures))
+                      retry_at=now + timers.backoff(t.failures + 1))
         return new, f"phase 1 failed: no IKE SA after {waited:.0f} s", [Terminate(t.key)]
     if t.children or t.retry_at is None or now < t.retry_at:
         return t, "", []
