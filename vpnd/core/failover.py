@@ -40,9 +40,10 @@ checks fail"): they never make a tunnel unusable, so they never move traffic; CH
 still does, as it does without a health check.
 
 bgp mode: the same decision, plus SetBgpNeighbor per tunnel: a neighbor is enabled while its
-tunnel is healthy (CHILD SA installed and probes passing; never depending on BGP/BFD state,
-which would deadlock) and not excluded (drained, or not the pinned tunnel) while another
-tunnel is usable. SetActive is emitted for reporting.
+tunnel is not failing (its CHILD SA went down, or its probes failed; never BGP/BFD state, which
+would deadlock, and never "not known yet", which would shut sessions whenever vpnd restarts)
+and not excluded (drained, or not the pinned tunnel) while another tunnel is usable.
+Neighbors start as rendered (enabled). SetActive is emitted for reporting.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from vpnd.core.events import (
     TunnelKey, Undrain,
 )
 
+NO_ANSWER = "no probe answered yet"
 WINDOW = 10              # probes kept for the loss-percentage threshold
 DAMPING_PERIOD = 60.0    # max_switches_per_minute counts switches over this sliding window
 
@@ -78,6 +80,7 @@ class Health:
     """What failover knows about one tunnel."""
 
     established: bool = False
+    seen_up: bool = False           # the CHILD SA has been installed at least once
     answered: bool = False          # a probe has been answered at least once
     losses: int = 0                 # consecutive lost probes
     fail_at: int | None = None      # budget shortened by a CharonAlert; None: `retries`
@@ -85,11 +88,11 @@ class Health:
     bgp: bool = False
     bfd: bool | None = None
     drained: bool = False
-    healthy: bool = False           # CHILD SA + probes (drives the BGP neighbor)
-    usable: bool = False            # healthy + BGP/BFD in bgp mode (may carry traffic)
+    failing: bool = False           # a positive failure (drives the BGP neighbor)
+    usable: bool = False            # may carry traffic (see the module docstring)
     since: float | None = None      # usable continuously since
     why: str = "CHILD SA not installed"   # why not usable; "" when usable
-    neighbor: bool | None = None    # the last SetBgpNeighbor sent; None: none yet
+    neighbor: bool = True           # the last SetBgpNeighbor sent (rendered: enabled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +127,8 @@ def initial(cfg: ConnectionConfig) -> Connection:
 
 def _probe_problem(h: Health, cfg: ConnectionConfig) -> str:
     hc = cfg.health_check
-    if not h.answered:
-        return "no probe answered yet"
+    if not h.answered and h.losses < max(1, hc.retries):
+        return NO_ANSWER
     retries = max(1, hc.retries)
     budget = retries if h.fail_at is None else min(retries, h.fail_at)
     if h.losses >= budget:
@@ -144,22 +147,24 @@ def _probe_problem(h: Health, cfg: ConnectionConfig) -> str:
 
 
 def _assess(h: Health, cfg: ConnectionConfig, now: float) -> Health:
+    hc = cfg.health_check
+    probe = _probe_problem(h, cfg) if hc is not None and hc.switch_route else ""
+    # "no answer yet" is no failure: it must not shut a BGP session when vpnd (re)starts,
+    # nor must a CHILD SA that was never seen since then
+    failing = (h.seen_up and not h.established) or (bool(probe) and probe != NO_ANSWER)
     if not h.established:
-        healthy, usable, why = False, False, "CHILD SA not installed"
+        usable, why = False, "CHILD SA not installed"
     else:
-        hc = cfg.health_check
-        why = _probe_problem(h, cfg) if hc is not None and hc.switch_route else ""
-        healthy = not why
-        usable = healthy
-        if healthy and cfg.routing == "bgp":
+        usable, why = not probe, probe
+        if usable and cfg.routing == "bgp":
             if h.bfd is False:
                 usable, why = False, "BFD down"
             elif not h.bgp:
                 usable, why = False, "BGP session not established"
     since = (h.since if h.since is not None else now) if usable else None
-    if (healthy, usable, why, since) == (h.healthy, h.usable, h.why, h.since):
+    if (failing, usable, why, since) == (h.failing, h.usable, h.why, h.since):
         return h
-    return replace(h, healthy=healthy, usable=usable, why=why, since=since)
+    return replace(h, failing=failing, usable=usable, why=why, since=since)
 
 
 def _probe(h: Health, ev: ProbeResult) -> Health:
@@ -200,7 +205,8 @@ def decide(c: Connection, cfg: ConnectionConfig, event: object,
         if typ is ProbeResult:
             h = _probe(h, event)
         elif typ is TunnelChanged:
-            h = replace(h, established=event.established)
+            h = replace(h, established=event.established,
+                        seen_up=h.seen_up or event.established)
         elif typ is CharonAlert:
             fail_at = h.losses + 1
             h = replace(h, fail_at=fail_at if h.fail_at is None else min(h.fail_at, fail_at))
@@ -317,11 +323,11 @@ def _neighbors(c: Connection, out: list[Action]) -> Connection:
     for i, h in enumerate(health):
         excluded = h.drained or (c.pinned is not None and c.pinned != c.tunnels[i])
         other_usable = any(u for j, u in enumerate(any_usable) if j != i)
-        enabled = h.healthy and not (excluded and other_usable)
+        enabled = not h.failing and not (excluded and other_usable)
         if enabled != h.neighbor:
             if enabled:
                 reason = "healthy"
-            elif not h.healthy:
+            elif h.failing:
                 reason = h.why
             else:
                 reason = "drained" if h.drained else f"pinned to {c.pinned}"
