@@ -253,8 +253,10 @@ def test_drain_moves_traffic_and_keeps_it_off_while_another_is_usable():
         (51, down("t2"), [act("t1", "t2: CHILD SA not installed")]),   # only one left
         (52, up("t2", 1), [act("t2", "t1 drained")]),        # off it again at once
         (54, Undrain(T1), []),                               # back to automatic: t1 has
-        (56.9, Tick(), []),                                  # been healthy all along, so
-        (57, Tick(), [act("t1", "preferred t1")]),           # only hold_down (52 + 5) waits
+        # been healthy all along, hold_down ends at 57, but 4 switches (0.2, 5, 51, 52) fill
+        # the damping window until the first one leaves it at 60.2
+        (60.1, Tick(), []),
+        (60.2, Tick(), [act("t1", "preferred t1")]),
     ])
 
 
