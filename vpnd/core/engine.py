@@ -91,60 +91,77 @@ class Engine:
         self.next_deadline = min(self._deadlines.values()) if self._deadlines else None
 
     def _run_tunnel(self, key: TunnelKey, t: Tunnel, event: object, now: float,
-                    out: list[Action]) -> bool:
+                    out: list[Action], changes: list[TunnelChanged] | None = None) -> bool:
+        """One tunnel's step. A change of its CHILD SA state goes to failover at once, or
+        into `changes` when the caller batches several tunnels (snapshot, charon events)."""
         new, actions = tunnel.decide(t, event, now, self.timers)
         self.tunnels[key] = new
         out.extend(actions)
         changed = self._note(key, new.deadline(self.timers))
         if new.established != t.established:
             why = new.reason if new.state != t.state else "CHILD SA state changed"
-            changed |= self._run_policy(key.connection, TunnelChanged(key, new.established, why),
-                                        now, out)
+            change = TunnelChanged(key, new.established, why)
+            if changes is None:
+                changed |= self._run_policy(key.connection, (change,), now, out)
+            else:
+                changes.append(change)
         return changed
 
-    def _run_policy(self, name: str, event: object, now: float, out: list[Action]) -> bool:
+    def _run_policy(self, name: str, events: tuple, now: float, out: list[Action]) -> bool:
         c = self.connections.get(name)
         if c is None:
             return False
-        new, actions = failover.decide(c, self._cfg[name], event, now)
+        new, actions = failover.decide_all(c, self._cfg[name], events, now)
         self.connections[name] = new
         out.extend(actions)
         return self._note(name, new.deadline)
+
+    def _run_batch(self, changes: list[TunnelChanged], now: float, out: list[Action]) -> bool:
+        by_connection: dict[str, list[TunnelChanged]] = {}
+        for change in changes:
+            by_connection.setdefault(change.tunnel.connection, []).append(change)
+        changed = False
+        for name, events in by_connection.items():
+            changed |= self._run_policy(name, tuple(events), now, out)
+        return changed
 
     def _sa_event(self, event: Any, now: float, out: list[Action]) -> bool:
         t = self.tunnels.get(event.tunnel)
         return False if t is None else self._run_tunnel(event.tunnel, t, event, now, out)
 
     def _policy_event(self, event: Any, now: float, out: list[Action]) -> bool:
-        return self._run_policy(event.tunnel.connection, event, now, out)
+        return self._run_policy(event.tunnel.connection, (event,), now, out)
 
     def _force(self, event: ForceFailover, now: float, out: list[Action]) -> bool:
-        return self._run_policy(event.to.connection, event, now, out)
+        return self._run_policy(event.to.connection, (event,), now, out)
 
     def _snapshot(self, event: SaSnapshot, now: float, out: list[Action]) -> bool:
         mine: dict[TunnelKey, list] = {key: [] for key in self.tunnels}
         for sa in event.sas:
             if sa.tunnel in mine:
                 mine[sa.tunnel].append(sa)
-        changed = False
+        changed, changes = False, []
         for key, sas in mine.items():
-            changed |= self._run_tunnel(key, self.tunnels[key], SaSnapshot(tuple(sas)), now, out)
-        return changed
+            changed |= self._run_tunnel(key, self.tunnels[key], SaSnapshot(tuple(sas)), now, out,
+                                        changes)
+        return self._run_batch(changes, now, out) or changed
 
     def _charon(self, event: object, now: float, out: list[Action]) -> bool:
-        changed = False
+        changed, changes = False, []
         for key, t in list(self.tunnels.items()):
-            changed |= self._run_tunnel(key, t, event, now, out)
-        return changed
+            changed |= self._run_tunnel(key, t, event, now, out, changes)
+        return self._run_batch(changes, now, out) or changed
 
     def _tick(self, event: Tick, now: float, out: list[Action]) -> bool:
         due = [k for k, d in self._deadlines.items() if d <= now]
-        changed = False
+        changed, changes = False, []
         for key in due:
             if isinstance(key, TunnelKey):
-                changed |= self._run_tunnel(key, self.tunnels[key], event, now, out)
-            else:
-                changed |= self._run_policy(key, event, now, out)
+                changed |= self._run_tunnel(key, self.tunnels[key], event, now, out, changes)
+        changed |= self._run_batch(changes, now, out)
+        for key in due:
+            if not isinstance(key, TunnelKey):
+                changed |= self._run_policy(key, (event,), now, out)
         return changed
 
     def _route_lost(self, event: OwnedRouteLost, now: float, out: list[Action]) -> bool:

@@ -48,6 +48,7 @@ Neighbors start as rendered (enabled). SetActive is emitted for reporting.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from vpnd.config.model import ConnectionConfig
@@ -187,20 +188,26 @@ def _index(c: Connection, key: TunnelKey) -> int | None:
 
 def decide(c: Connection, cfg: ConnectionConfig, event: object,
            now: float) -> tuple[Connection, list[Action]]:
-    typ = type(event)
+    return decide_all(c, cfg, (event,), now)
+
+
+def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
+               now: float) -> tuple[Connection, list[Action]]:
+    """Several simultaneous facts (one snapshot's tunnel changes) -> one decision, so a
+    resync never produces intermediate switches."""
     operator_to: str | None = None
     health = list(c.health)
-    if typ is Tick:
-        pass
-    elif typ is ForceFailover:
-        i = _index(c, event.to)
-        if i is None:
-            return c, []
-        operator_to = event.to.tunnel
-    else:
+    for event in events:
+        typ = type(event)
+        if typ is Tick:
+            continue
+        if typ is ForceFailover:
+            if _index(c, event.to) is not None:
+                operator_to = event.to.tunnel
+            continue
         i = _index(c, event.tunnel)
         if i is None:
-            return c, []
+            continue
         h = health[i]
         if typ is ProbeResult:
             h = _probe(h, event)
@@ -219,8 +226,6 @@ def decide(c: Connection, cfg: ConnectionConfig, event: object,
         elif typ is Undrain:
             h = replace(h, drained=False)
             c = replace(c, pinned=None)
-        else:
-            return c, []
         health[i] = h
     health = [_assess(h, cfg, now) for h in health]
     c = replace(c, health=tuple(health))

@@ -224,7 +224,7 @@ def _child_down(t: Tunnel, ev: ChildDown, now: float, timers: Timers):
 
 def _ike_rekeyed(t: Tunnel, ev: IkeRekeyed, now: float, timers: Timers):
     old, new_id = ev.old_ike_id, ev.new_ike_id
-    if old not in t.ikes:
+    if old not in t.ikes or old == new_id:
         return t, "", []
     if new_id in t.ikes:
         ikes = tuple(i for i in t.ikes if i != old)
@@ -236,7 +236,7 @@ def _ike_rekeyed(t: Tunnel, ev: IkeRekeyed, now: float, timers: Timers):
 
 def _child_rekeyed(t: Tunnel, ev: ChildRekeyed, now: float, timers: Timers):
     old, new_id = ev.old_child_id, ev.new_child_id
-    if not any(c[0] == old for c in t.children):
+    if old == new_id or not any(c[0] == old for c in t.children):
         return t, "", []
     if any(c[0] == new_id for c in t.children):
         children = tuple(c for c in t.children if c[0] != old)
