@@ -126,11 +126,12 @@ class Checker:
                 kind = "discretionary"
                 fo = self.cfg.failover
                 assert fo.preempt or after.pinned == after.active
-                window = [s for s in self.switches if s[0] > now - DAMPING_PERIOD]
+                # a switch counts in the damping window while now < its time + 60 s
+                window = [s for s in self.switches if s[0] + DAMPING_PERIOD > now]
                 assert len(window) + 1 <= fo.max_switches_per_minute
                 if self.switches:
-                    assert now - self.switches[-1][0] >= fo.hold_down
-                assert now - after.of(after.active).since >= fo.preempt_delay
+                    assert self.switches[-1][0] + fo.hold_down <= now
+                assert after.of(after.active).since + fo.preempt_delay <= now
             self.switches.append((now, kind))
         return actions
 
@@ -148,7 +149,7 @@ def test_invariants_hold_on_any_event_sequence(cfg, steps):
     # discretionary switches in any 60 s window never exceed the limit
     disc = [t for t, k in check.switches if k == "discretionary"]
     for t in disc:
-        assert sum(1 for u in disc if t - DAMPING_PERIOD < u <= t) <= \
+        assert sum(1 for u in disc if t < u + DAMPING_PERIOD and u <= t) <= \
             cfg.failover.max_switches_per_minute
 
 
@@ -197,7 +198,7 @@ def test_a_healthy_preferred_tunnel_becomes_active_in_bounded_time(cfg, steps, g
         # switch (at or before healing), and a free slot in the damping window
         times = [t for t, _ in check.switches[:-1]]
         due = max(healed_at + fo.preempt_delay, times[-1] + fo.hold_down if times else 0.0)
-        recent = [t for t in times if t > due - DAMPING_PERIOD]
+        recent = [t for t in times if t + DAMPING_PERIOD > due]
         if len(recent) >= fo.max_switches_per_minute:
             due = max(due, recent[-fo.max_switches_per_minute] + DAMPING_PERIOD)
         assert when <= due

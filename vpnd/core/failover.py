@@ -49,7 +49,8 @@ Neighbors start as rendered (enabled). SetActive is emitted for reporting.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from vpnd.config.model import ConnectionConfig
 from vpnd.core.actions import Action, SetActive, SetBgpNeighbor
@@ -76,8 +77,7 @@ class TunnelChanged:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Health:
+class Health(NamedTuple):
     """What failover knows about one tunnel."""
 
     established: bool = False
@@ -96,8 +96,7 @@ class Health:
     neighbor: bool = True           # the last SetBgpNeighbor sent (rendered: enabled)
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
+class Connection(NamedTuple):
     name: str
     tunnels: tuple[str, ...]
     health: tuple[Health, ...]
@@ -105,7 +104,7 @@ class Connection:
     both_down: bool = False
     pinned: str | None = None
     last_switch: float | None = None
-    switches: tuple[tuple[float, str], ...] = ()    # (time, kind) of the last 60 s
+    switches: tuple[float, ...] = ()    # times of the switches of the last 60 s
     deadline: float | None = None   # a discretionary switch becomes possible then
     reason: str = "no tunnel usable yet"
 
@@ -165,14 +164,14 @@ def _assess(h: Health, cfg: ConnectionConfig, now: float) -> Health:
     since = (h.since if h.since is not None else now) if usable else None
     if (failing, usable, why, since) == (h.failing, h.usable, h.why, h.since):
         return h
-    return replace(h, failing=failing, usable=usable, why=why, since=since)
+    return h._replace(failing=failing, usable=usable, why=why, since=since)
 
 
 def _probe(h: Health, ev: ProbeResult) -> Health:
     window = (h.window + ((ev.ok, ev.rtt),))[-WINDOW:]
     if ev.ok:
-        return replace(h, answered=True, losses=0, fail_at=None, window=window)
-    return replace(h, losses=h.losses + 1, window=window)
+        return h._replace(answered=True, losses=0, fail_at=None, window=window)
+    return h._replace(losses=h.losses + 1, window=window)
 
 
 # --- the decision --------------------------------------------------------------------------
@@ -197,6 +196,7 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
     resync never produces intermediate switches."""
     operator_to: str | None = None
     health = list(c.health)
+    touched = set()
     for event in events:
         typ = type(event)
         if typ is Tick:
@@ -212,31 +212,34 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
         if typ is ProbeResult:
             h = _probe(h, event)
         elif typ is TunnelChanged:
-            h = replace(h, established=event.established,
+            h = h._replace(established=event.established,
                         seen_up=h.seen_up or event.established)
         elif typ is CharonAlert:
             fail_at = h.losses + 1
-            h = replace(h, fail_at=fail_at if h.fail_at is None else min(h.fail_at, fail_at))
+            h = h._replace(fail_at=fail_at if h.fail_at is None else min(h.fail_at, fail_at))
         elif typ is BgpSessionChanged:
-            h = replace(h, bgp=event.established)
+            h = h._replace(bgp=event.established)
         elif typ is BfdChanged:
-            h = replace(h, bfd=event.up)
+            h = h._replace(bfd=event.up)
         elif typ is Drain:
-            h = replace(h, drained=True)
+            h = h._replace(drained=True)
         elif typ is Undrain:
-            h = replace(h, drained=False)
-            c = replace(c, pinned=None)
+            h = h._replace(drained=False)
+            c = c._replace(pinned=None)
         health[i] = h
-    health = [_assess(h, cfg, now) for h in health]
-    c = replace(c, health=tuple(health))
+        touched.add(i)
+    if touched:         # usability depends on a tunnel's own facts only
+        for i in touched:
+            health[i] = _assess(health[i], cfg, now)
+        c = c._replace(health=tuple(health))
     return _choose(c, cfg, now, operator_to)
 
 
 def _switch(c: Connection, to: str, kind: str, reason: str, now: float,
             out: list[Action]) -> Connection:
-    switches = tuple(s for s in c.switches if s[0] > now - DAMPING_PERIOD) + ((now, kind),)
+    switches = tuple(s for s in c.switches if s + DAMPING_PERIOD > now) + (now,)
     out.append(SetActive(c.name, to, reason))
-    return replace(c, active=to, both_down=False, last_switch=now, switches=switches,
+    return c._replace(active=to, both_down=False, last_switch=now, switches=switches,
                    reason=reason, deadline=None)
 
 
@@ -244,7 +247,7 @@ def _damping_release(c: Connection, limit: int, now: float) -> float | None:
     """When fewer than `limit` switches are left in the window (now if already); None: never."""
     if limit <= 0:
         return None
-    recent = [s[0] for s in c.switches if s[0] > now - DAMPING_PERIOD]
+    recent = [s for s in c.switches if s + DAMPING_PERIOD > now]   # a switch counts 60 s
     if len(recent) < limit:
         return now
     return recent[-limit] + DAMPING_PERIOD
@@ -263,10 +266,10 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
             if target.drained:
                 i = c.tunnels.index(operator_to)
                 health = list(c.health)
-                health[i] = replace(target, drained=False)
-                c = replace(c, health=tuple(health))
+                health[i] = target._replace(drained=False)
+                c = c._replace(health=tuple(health))
                 by_name[operator_to] = health[i]
-            c = replace(c, pinned=operator_to)
+            c = c._replace(pinned=operator_to)
             if cur != operator_to:
                 c = _switch(c, operator_to, OPERATOR,
                             f"operator: force failover to {operator_to}", now, out)
@@ -277,17 +280,17 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
                                       c.tunnels.index(t))) if usable else None
 
     if best is None:
-        c = replace(c, deadline=None)
+        c = c._replace(deadline=None)
         if cur is not None and not c.both_down:
             why = by_name[cur].why
             if fo.both_down == "withdraw":
                 reason = f"no tunnel usable ({cur}: {why}): withdrawing routes"
                 out.append(SetActive(c.name, None, reason, withdraw=True))
-                c = replace(c, active=None, both_down=True, reason=reason)
+                c = c._replace(active=None, both_down=True, reason=reason)
             else:
                 reason = f"no tunnel usable ({cur}: {why}): keeping traffic on {cur}"
                 out.append(SetActive(c.name, cur, reason))
-                c = replace(c, both_down=True, reason=reason)
+                c = c._replace(both_down=True, reason=reason)
     elif cur is None:
         reason = (f"{best} recovered, routes restored" if c.both_down else f"{best} usable")
         c = _switch(c, best, FORCED, reason, now, out)
@@ -299,7 +302,7 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
         if c.both_down:
             reason = f"{cur} recovered"
             out.append(SetActive(c.name, cur, reason))
-            c = replace(c, both_down=False, reason=reason)
+            c = c._replace(both_down=False, reason=reason)
         deadline = None
         if best != cur and (fo.preempt or best == c.pinned):
             release = _damping_release(c, fo.max_switches_per_minute, now)
@@ -315,7 +318,7 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
                 else:
                     deadline = due
         if c.deadline != deadline:
-            c = replace(c, deadline=deadline)
+            c = c._replace(deadline=deadline)
 
     if cfg.routing == "bgp":
         c = _neighbors(c, out)
@@ -337,7 +340,7 @@ def _neighbors(c: Connection, out: list[Action]) -> Connection:
             else:
                 reason = "drained" if h.drained else f"pinned to {c.pinned}"
             out.append(SetBgpNeighbor(TunnelKey(c.name, c.tunnels[i]), enabled, reason))
-            health[i] = replace(h, neighbor=enabled)
+            health[i] = h._replace(neighbor=enabled)
     if health != list(c.health):
-        c = replace(c, health=tuple(health))
+        c = c._replace(health=tuple(health))
     return c

@@ -25,7 +25,8 @@ to it, reporting only real differences.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from vpnd.core.actions import Action, Initiate, ReportTransition, Terminate
 from vpnd.core.events import (
@@ -67,8 +68,7 @@ class Timers:
 DEFAULT_TIMERS = Timers()
 
 
-@dataclass(frozen=True, slots=True)
-class Tunnel:
+class Tunnel(NamedTuple):
     key: TunnelKey
     state: str = DOWN
     ikes: tuple[int, ...] = ()                    # live IKE SA ids, oldest first
@@ -178,7 +178,7 @@ TRANSITIONS: dict[tuple[str, str], frozenset[str]] = _table()
 # --- handlers: (tunnel, event, now, timers) -> (tunnel, reason, actions) ---------------------
 
 def _retry_later(t: Tunnel, now: float, timers: Timers) -> Tunnel:
-    return replace(t, retry_at=now + timers.backoff(t.failures))
+    return t._replace(retry_at=now + timers.backoff(t.failures))
 
 
 def _ike_up(t: Tunnel, ev: IkeUp, now: float, timers: Timers):
@@ -186,7 +186,7 @@ def _ike_up(t: Tunnel, ev: IkeUp, now: float, timers: Timers):
         return t, "", []
     # a new IKE SA is a new attempt: its CHILD SA is on its way (IKE_AUTH carries it)
     pending = t.pending_since if t.pending_since is not None or t.children else now
-    return (replace(t, ikes=t.ikes + (ev.ike_id,), failed_phase=0, pending_since=pending),
+    return (t._replace(ikes=t.ikes + (ev.ike_id,), failed_phase=0, pending_since=pending),
             f"IKE SA {ev.ike_id} established", [])
 
 
@@ -195,9 +195,9 @@ def _ike_down(t: Tunnel, ev: IkeDown, now: float, timers: Timers):
         return t, "", []
     ikes = tuple(i for i in t.ikes if i != ev.ike_id)
     children = tuple(c for c in t.children if c[1] != ev.ike_id)
-    new = replace(t, ikes=ikes, children=children)
+    new = t._replace(ikes=ikes, children=children)
     if not ikes and t.pending_since is not None:     # the negotiation in flight died with it
-        new = replace(new, pending_since=None, failures=t.failures + 1)
+        new = new._replace(pending_since=None, failures=t.failures + 1)
     if not children and (t.children or not ikes):
         new = _retry_later(new, now, timers)
     return new, f"IKE SA {ev.ike_id} down: {ev.reason}", []
@@ -207,7 +207,7 @@ def _child_up(t: Tunnel, ev: ChildUp, now: float, timers: Timers):
     if any(c[0] == ev.child_id for c in t.children):
         return t, "", []
     ikes = t.ikes if ev.ike_id in t.ikes else t.ikes + (ev.ike_id,)
-    return (replace(t, ikes=ikes, children=t.children + ((ev.child_id, ev.ike_id),),
+    return (t._replace(ikes=ikes, children=t.children + ((ev.child_id, ev.ike_id),),
                     pending_since=None, retry_at=None, failures=0, failed_phase=0),
             f"CHILD SA {ev.child_id} installed", [])
 
@@ -216,7 +216,7 @@ def _child_down(t: Tunnel, ev: ChildDown, now: float, timers: Timers):
     if not any(c[0] == ev.child_id for c in t.children):
         return t, "", []
     children = tuple(c for c in t.children if c[0] != ev.child_id)
-    new = replace(t, children=children)
+    new = t._replace(children=children)
     if not children:
         new = _retry_later(new, now, timers)
     return new, f"CHILD SA {ev.child_id} down: {ev.reason}", []
@@ -231,7 +231,7 @@ def _ike_rekeyed(t: Tunnel, ev: IkeRekeyed, now: float, timers: Timers):
     else:
         ikes = tuple(new_id if i == old else i for i in t.ikes)
     children = tuple((c, new_id if i == old else i) for c, i in t.children)
-    return replace(t, ikes=ikes, children=children), "", []
+    return t._replace(ikes=ikes, children=children), "", []
 
 
 def _child_rekeyed(t: Tunnel, ev: ChildRekeyed, now: float, timers: Timers):
@@ -242,7 +242,7 @@ def _child_rekeyed(t: Tunnel, ev: ChildRekeyed, now: float, timers: Timers):
         children = tuple(c for c in t.children if c[0] != old)
     else:
         children = tuple((new_id if c == old else c, i) for c, i in t.children)
-    return replace(t, children=children), "", []
+    return t._replace(children=children), "", []
 
 
 def _failed(t: Tunnel, ev: NegotiationFailed, now: float, timers: Timers):
@@ -250,7 +250,7 @@ def _failed(t: Tunnel, ev: NegotiationFailed, now: float, timers: Timers):
         return t, "", []        # an extra SA or a rekey failed; the installed one still works
     # phase 1 failing beside a live IKE SA concerns another attempt: that IKE SA still stands
     phase = t.failed_phase if ev.phase == 1 and t.ikes else ev.phase
-    new = replace(t, pending_since=None, failures=t.failures + 1, failed_phase=phase,
+    new = t._replace(pending_since=None, failures=t.failures + 1, failed_phase=phase,
                   retry_at=now + timers.backoff(t.failures + 1))
     return new, f"phase {ev.phase} failed: {ev.reason}", []
 
@@ -260,7 +260,7 @@ def _charon_connected(t: Tunnel, ev: CharonConnected, now: float, timers: Timers
 
 
 def _charon_disconnected(t: Tunnel, ev: CharonDisconnected, now: float, timers: Timers):
-    return replace(t, synced=False), "", []
+    return t._replace(synced=False), "", []
 
 
 def _snapshot(t: Tunnel, ev: SaSnapshot, now: float, timers: Timers):
@@ -299,13 +299,13 @@ def _snapshot(t: Tunnel, ev: SaSnapshot, now: float, timers: Timers):
         pending = t.pending_since       # our own initiate may simply not be listed yet
     else:
         pending = None                  # after a reconnect: an initiate sent before is lost
-    new = replace(t, ikes=ikes, children=children, pending_since=pending, synced=True)
+    new = t._replace(ikes=ikes, children=children, pending_since=pending, synced=True)
     if children:
-        new = replace(new, retry_at=None, failures=0, failed_phase=0)
+        new = new._replace(retry_at=None, failures=0, failed_phase=0)
     elif new.retry_at is None:
-        new = replace(new, retry_at=now if not t.synced else now + timers.backoff(t.failures))
+        new = new._replace(retry_at=now if not t.synced else now + timers.backoff(t.failures))
     if ikes and new.failed_phase == 1:
-        new = replace(new, failed_phase=0)
+        new = new._replace(failed_phase=0)
     if children:
         what = f"CHILD SA {children[-1][0]} installed"
     elif ikes:
@@ -325,16 +325,16 @@ def _tick(t: Tunnel, ev: Tick, now: float, timers: Timers):
             return t, "", []
         waited = now - t.pending_since
         if t.ikes:      # IKE SA up, CHILD SA never came: retry the child over the same IKE SA
-            new = replace(t, pending_since=None, failures=t.failures + 1, failed_phase=2,
+            new = t._replace(pending_since=None, failures=t.failures + 1, failed_phase=2,
                           retry_at=now + timers.backoff(t.failures + 1))
             return new, f"phase 2 failed: no CHILD SA after {waited:.0f} s", []
-        new = replace(t, pending_since=None, failures=t.failures + 1, failed_phase=1,
+        new = t._replace(pending_since=None, failures=t.failures + 1, failed_phase=1,
                       retry_at=now + timers.backoff(t.failures + 1))
         return new, f"phase 1 failed: no IKE SA after {waited:.0f} s", [Terminate(t.key)]
     if t.children or t.retry_at is None or now < t.retry_at:
         return t, "", []
     attempt = t.failures + 1
-    new = replace(t, pending_since=now, retry_at=None)
+    new = t._replace(pending_since=now, retry_at=None)
     return new, f"initiating (attempt {attempt})", [Initiate(t.key)]
 
 
@@ -363,7 +363,7 @@ def _step(t: Tunnel, event: object, kind: str, now: float, timers: Timers,
         raise TransitionError(f"{t.key}: {kind} may not lead from {t.state} to {state}")
     if state != t.state:
         out.append(ReportTransition(t.key, t.state, state, reason))
-        return replace(new, state=state, since=now, reason=reason)
+        return new._replace(state=state, since=now, reason=reason)
     return new
 
 
