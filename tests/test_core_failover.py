@@ -358,3 +358,19 @@ def test_bgp_switch_route_false_never_shuts_on_probes():
     run(connection(routing="bgp", switch_route=False), losses("t1", 3, 6, 9, 12),
         start=START[:4] + [(0.4, BgpSessionChanged(T1, True), [act("t1")]),
                            (0.5, BgpSessionChanged(T2, True), [])])
+
+
+def test_bgp_both_failing_keep_leaves_the_last_session_up():
+    run(connection(routing="bgp"), losses("t2", 1, 2) + [
+        (3, loss("t2"), [nb("t2", False)]),
+    ] + losses("t1", 4, 5) + [
+        (6, loss("t1"), [act("t1", "keeping traffic on t1")]),     # no neighbor shut
+        (7, ok("t2"), [act("t2"), nb("t1", False), nb("t2", True)]),
+    ], start=BGP_START)
+
+
+def test_bgp_both_failing_withdraw_shuts_every_failing_session():
+    run(connection(routing="bgp", both_down="withdraw"), [
+        (5, down("t2"), [nb("t2", False)]),
+        (6, down("t1"), [act(None, "withdrawing", withdraw=True), nb("t1", False)]),
+    ], start=BGP_START)

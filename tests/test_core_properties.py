@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core_helpers import config, connection, key
-from vpnd.core.actions import Initiate, ReportTransition, SetActive
+from vpnd.core.actions import Initiate, ReportTransition, SetActive, SetBgpNeighbor
 from vpnd.core.engine import Engine
 from vpnd.core.events import (
     BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
@@ -114,6 +114,16 @@ class Checker:
         if sets:
             assert sets[-1].tunnel == after.active
             assert sets[-1].withdraw == (after.active is None)
+
+        # bgp: neighbors only in bgp mode; "keep" never shuts the active's only session
+        neighbors = [a for a in actions if isinstance(a, SetBgpNeighbor)]
+        if self.cfg.routing != "bgp":
+            assert not neighbors
+        elif self.cfg.failover.both_down == "keep" and after.active is not None and \
+                not any(self.usable(n) for n in names if n != after.active):
+            assert after.of(after.active).neighbor
+        if self.cfg.routing == "bgp" and after.active is not None and self.usable(after.active):
+            assert after.of(after.active).neighbor        # reporting agrees with BGP
 
         # switches: classify and check the damping bound
         if after.active is not None and after.active != before.active:

@@ -170,6 +170,8 @@ ROWS = [
     ("established", IkeRekeyed(K, 1, 2), NOW, "established", [],
      dict(ikes=(2,), children=((11, 2),))),
     ("established", ChildRekeyed(K, 11, 12), NOW, "established", [], dict(child_id=12)),
+    ("established", ChildRekeyed(K, 11, 11), NOW, "established", [], dict(children=((11, 1),))),
+    ("established", IkeRekeyed(K, 1, 1), NOW, "established", [], dict(ikes=(1,))),
     ("established", F1, NOW, "established", [], dict(failures=0)),
     ("established", F2, NOW, "established", [], dict(failures=0)),
     ("established", SNAP_UP, NOW, "established", [], dict(child_id=11)),

@@ -42,7 +42,10 @@ still does, as it does without a health check.
 bgp mode: the same decision, plus SetBgpNeighbor per tunnel: a neighbor is enabled while its
 tunnel is not failing (its CHILD SA went down, or its probes failed; never BGP/BFD state, which
 would deadlock, and never "not known yet", which would shut sessions whenever vpnd restarts)
-and not excluded (drained, or not the pinned tunnel) while another tunnel is usable.
+and not excluded (drained, or not the pinned tunnel while the pinned one is active) while
+another tunnel is usable. The active
+tunnel's neighbor stays up while it fails if no other tunnel is usable and both_down=keep
+(shutting it would withdraw everything: that is "keep" in BGP terms).
 Neighbors start as rendered (enabled). SetActive is emitted for reporting.
 """
 
@@ -104,6 +107,7 @@ class Connection(NamedTuple):
     both_down: bool = False
     pinned: str | None = None
     last_switch: float | None = None
+    last_kind: str | None = None        # forced / operator / discretionary (for metrics)
     switches: tuple[float, ...] = ()    # times of the switches of the last 60 s
     deadline: float | None = None   # a discretionary switch becomes possible then
     reason: str = "no tunnel usable yet"
@@ -239,8 +243,8 @@ def _switch(c: Connection, to: str, kind: str, reason: str, now: float,
             out: list[Action]) -> Connection:
     switches = tuple(s for s in c.switches if s + DAMPING_PERIOD > now) + (now,)
     out.append(SetActive(c.name, to, reason))
-    return c._replace(active=to, both_down=False, last_switch=now, switches=switches,
-                   reason=reason, deadline=None)
+    return c._replace(active=to, both_down=False, last_switch=now, last_kind=kind,
+                      switches=switches, reason=reason, deadline=None)
 
 
 def _damping_release(c: Connection, limit: int, now: float) -> float | None:
@@ -321,20 +325,26 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
             c = c._replace(deadline=deadline)
 
     if cfg.routing == "bgp":
-        c = _neighbors(c, out)
+        c = _neighbors(c, cfg, out)
     return c, out
 
 
-def _neighbors(c: Connection, out: list[Action]) -> Connection:
+def _neighbors(c: Connection, cfg: ConnectionConfig, out: list[Action]) -> Connection:
     health = list(c.health)
-    any_usable = [h.usable for h in health]
+    usable = [h.usable for h in health]
+    withdraw = cfg.failover.both_down == "withdraw"
     for i, h in enumerate(health):
-        excluded = h.drained or (c.pinned is not None and c.pinned != c.tunnels[i])
-        other_usable = any(u for j, u in enumerate(any_usable) if j != i)
-        enabled = not h.failing and not (excluded and other_usable)
+        alternative = any(u for j, u in enumerate(usable) if j != i)
+        # the pin excludes the others once traffic is back on it (not while a return waits)
+        excluded = h.drained or (c.pinned is not None and c.pinned != c.tunnels[i]
+                                 and c.active == c.pinned)
+        if h.failing:       # with nowhere better to go, "keep" keeps the active session
+            enabled = not alternative and not withdraw and c.active == c.tunnels[i]
+        else:
+            enabled = not (excluded and alternative)
         if enabled != h.neighbor:
             if enabled:
-                reason = "healthy"
+                reason = "healthy" if not h.failing else f"{h.why}, but no tunnel is better"
             elif h.failing:
                 reason = h.why
             else:
