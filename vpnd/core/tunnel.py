@@ -31,7 +31,7 @@ from typing import NamedTuple
 from vpnd.core.actions import Action, Initiate, ReportTransition, Terminate
 from vpnd.core.events import (
     CharonConnected, CharonDisconnected, ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed,
-    IkeUp, NegotiationFailed, SaSnapshot, Tick, TunnelKey, TunnelSa,
+    IkeUp, NegotiationFailed, SaSnapshot, Tick, TunnelKey,
 )
 
 DOWN = "down"
@@ -284,12 +284,10 @@ def _snapshot(t: Tunnel, ev: SaSnapshot, now: float, timers: Timers):
     children = tuple(sorted({(sa.child_id, sa.ike_id) for sa in live
                              if sa.ike_id in ikes and sa.child_id is not None
                              and sa.child_state in CHILD_LIVE}))
-    # keep the known order (oldest first) for ids we already had, so the current ids stay
-    ikes = tuple(sorted(ikes, key=lambda i: (i not in t.ikes, t.ikes.index(i) if i in t.ikes
-                                             else i)))
-    known = [c for c, _ in t.children]
-    children = tuple(sorted(children, key=lambda c: (c[0] not in known,
-                                                     known.index(c[0]) if c[0] in known else c[0])))
+    # ids we already had keep their order (oldest first), new ones follow: current ids stay
+    ikes = tuple([i for i in t.ikes if i in ikes] + [i for i in ikes if i not in t.ikes])
+    children = tuple([c for c in t.children if c in children]
+                     + [c for c in children if c not in t.children])
 
     if children:
         pending = None
