@@ -89,3 +89,17 @@ def test_reload_keeps_unchanged_state_and_drops_removed_connections():
     e.reload(config(connection("d")))
     assert set(e.connections) == {"d"} and T1 not in e.tunnels
     assert e.handle(ChildUp(T1, 1, 1), 1.0)[0] == []
+
+
+def test_new_tunnels_after_reload_initiate_on_the_next_snapshot():
+    e = started(connection(health=False))
+    e.handle(SaSnapshot((TunnelSa(T1, 1, "ESTABLISHED", 11, "INSTALLED"),
+                         TunnelSa(T2, 2, "ESTABLISHED", 12, "INSTALLED"))), 0.0)
+    e.reload(config(connection(health=False), connection("d", health=False)))
+    assert e.handle(Tick(), 1.0)[0] == []
+    actions, _ = e.handle(SaSnapshot((TunnelSa(T1, 1, "ESTABLISHED", 11, "INSTALLED"),
+                                      TunnelSa(T2, 2, "ESTABLISHED", 12, "INSTALLED"))), 2.0)
+    assert [a for a in actions if isinstance(a, Initiate)] == [
+        Initiate(TunnelKey("d", "t1")), Initiate(TunnelKey("d", "t2"))]
+    assert not [a for a in actions
+                if isinstance(a, ReportTransition) and a.tunnel.connection == "c"]

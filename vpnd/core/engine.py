@@ -45,7 +45,9 @@ class Engine:
 
     def reload(self, config: Config) -> None:
         """Adopt a new config: state is kept for tunnels and connections that still exist
-        (a connection whose tunnel list changed starts afresh); the rest is forgotten."""
+        (a connection whose tunnel list changed starts afresh); the rest is forgotten.
+        New tunnels wait for charon's truth: feed a SaSnapshot after loading the new
+        config into charon, and they are initiated then."""
         self.config = config
         cfgs = {c.name: c for c in config.connections}
         tunnels: dict[TunnelKey, Tunnel] = {}
