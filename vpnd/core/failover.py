@@ -7,6 +7,10 @@ is configured with switch_route=true), and in bgp mode its BGP session is establ
 (when known) is not down. Probes pass once one probe has been answered and until `retries`
 consecutive probes are lost (the cloud's semantics), the mean RTT of the last `retries`
 answers exceeds max_rtt_ms, or the loss over the last WINDOW probes exceeds max_loss_percent.
+A CharonAlert (charon retransmitting on a tunnel) cuts that tunnel's budget to one more lost
+probe until the next answer; by itself it changes no tunnel's usability, so it never switches
+(without a health check it does nothing). A tunnel's CHILD SA going down makes it unusable at
+once: no waiting for probe retries.
 
 Switches come in three kinds, and only the last one is ever delayed:
 
