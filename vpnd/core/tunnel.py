@@ -131,7 +131,6 @@ EVENT_KINDS = (
     "Phase2Failed", "SaSnapshot", "CharonConnected", "CharonDisconnected", "Tick",
 )
 
-_ALL = frozenset(STATES)
 
 
 def _same(state: str) -> frozenset[str]:
@@ -343,7 +342,6 @@ _HANDLERS = {
     CharonDisconnected: _charon_disconnected, Tick: _tick,
 }
 
-TUNNEL_EVENTS = tuple(_HANDLERS)
 _TICK = Tick()
 
 
