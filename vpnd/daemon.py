@@ -1,0 +1,152 @@
+"""The composition root of `vpnd run`: builds each adapter and connects it to the supervisor.
+
+Start order follows "subscribe, then snapshot, then apply deltas": charon's adapter registers
+for events before its first `list-sas`; the route controller subscribes to netlink before it
+dumps and adopts existing vpnd routes (so a restart changes nothing in the kernel); probes
+start last. READY=1 goes to systemd after the first full charon sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from vpnd import logs
+from vpnd.config.model import Config
+from vpnd.core import actions as A
+from vpnd.core import events as E
+from vpnd.metrics import Metrics
+from vpnd.supervisor import Supervisor, install_signal_handlers
+
+log = logs.get("vpnd.daemon")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, netns: str | None = None) -> None:
+        from vpnd.charon import CharonAdapter
+
+        self.config = config
+        self.netns = netns
+        self.sup = Supervisor(config)
+        self.metrics = Metrics()
+        self.metrics.declare(config)
+        self.charon = CharonAdapter(config.daemon.vici_socket, self._from_charon)
+        self.routes: dict[str, Any] = {}       # connection -> route controller
+        self.probes: list[Any] = []
+        self._synced = asyncio.Event()
+        self._wire()
+
+    # --- events in -----------------------------------------------------------------------
+
+    def _from_charon(self, event: Any) -> None:
+        if isinstance(event, E.CharonConnected):
+            self.metrics.charon_up.set(1)
+        elif isinstance(event, E.CharonDisconnected):
+            self.metrics.charon_up.set(0)
+        elif isinstance(event, E.SaSnapshot):
+            self._synced.set()
+        self.sup.post(event)
+
+    def _from_probe(self, result: E.ProbeResult) -> None:
+        self.metrics.probe(result.tunnel.connection, result.tunnel.tunnel, result.ok, result.rtt)
+        self.sup.post(result)
+
+    # --- actions out ---------------------------------------------------------------------
+
+    def _wire(self) -> None:
+        sup = self.sup
+        sup.on(A.Initiate, self._initiate)
+        sup.on(A.Terminate, self._terminate)
+        sup.on(A.ReportTransition, self._report)
+        sup.on(A.SetActive, self._set_active)
+        sup.on(A.RepairRoutes, self._repair_routes)
+
+    async def _initiate(self, a: A.Initiate) -> None:
+        # Outcomes arrive as VICI events: fire and forget, never block the reconciler.
+        await self.charon.initiate(a.tunnel, timeout=0)
+
+    async def _terminate(self, a: A.Terminate) -> None:
+        await self.charon.terminate(a.tunnel, a.ike_id, timeout=0)
+
+    async def _report(self, a: A.ReportTransition) -> None:
+        log.info("tunnel.state_changed", connection=a.tunnel.connection, tunnel=a.tunnel.tunnel,
+                 **{"from": a.old}, to=a.new, reason=a.reason)
+        self.metrics.set_state(a.tunnel.connection, a.tunnel.tunnel, a.new)
+        self.metrics.transitions.labels(a.tunnel.connection, a.tunnel.tunnel, a.old, a.new).inc()
+
+    async def _set_active(self, a: A.SetActive) -> None:
+        conn = next(c for c in self.config.connections if c.name == a.connection)
+        previous = self._active.get(a.connection)
+        self._active[a.connection] = a.tunnel
+        self.metrics.set_active(a.connection, tuple(t.name for t in conn.tunnels), a.tunnel)
+        if previous is not None and a.tunnel is not None and previous != a.tunnel:
+            self.metrics.failovers.labels(a.connection, previous, a.tunnel, a.reason).inc()
+        log.info("connection.active_changed", connection=a.connection, active=a.tunnel,
+                 previous=previous, reason=a.reason, withdraw=a.withdraw)
+        routes = self.routes.get(a.connection)
+        if routes is not None:
+            t0 = time.perf_counter()
+            await routes.set_active(a.tunnel, withdraw=a.withdraw)
+            log.info("routes.switched", connection=a.connection, active=a.tunnel,
+                     reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+    async def _repair_routes(self, a: A.RepairRoutes) -> None:
+        routes = self.routes.get(a.connection)
+        if routes is not None:
+            self.metrics.route_repairs.labels(a.connection).inc()
+            await routes.repair()
+            log.warning("routes.repaired", connection=a.connection, reason=a.reason)
+
+    _active: dict[str, str | None] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        from vpnd.charon import desired_from_config
+
+        self._active = {}
+        install_signal_handlers(self.sup)
+        self.metrics.serve(self.config.daemon.metrics_listen)
+        await self._start_routes()
+        self.charon.desire(desired_from_config(self.config))
+        await self.charon.start()
+        reconciler = asyncio.create_task(self.sup.reconcile(), name="reconciler")
+        watchdog = asyncio.create_task(self.sup.watchdog(), name="watchdog")
+        await self._start_probes()
+        try:
+            await asyncio.wait_for(self._synced.wait(), 30)
+            self.sup.notifier.ready(self._summary())
+            log.info("vpnd.ready", connections=len(self.config.connections))
+        except TimeoutError:
+            log.warning("vpnd.charon_unreachable", socket=self.config.daemon.vici_socket,
+                        note="still retrying with backoff")
+        await self.sup.stopping.wait()
+        self.sup.notifier.stopping()
+        log.info("vpnd.stopping", withdraw=self.config.daemon.withdraw_on_stop)
+        for p in self.probes:
+            await p.stop()
+        if self.config.daemon.withdraw_on_stop:
+            for r in self.routes.values():
+                await r.set_active(None, withdraw=True)
+        for r in self.routes.values():
+            await r.stop()
+        await self.charon.stop()
+        for task in (reconciler, watchdog):
+            task.cancel()
+        await asyncio.gather(reconciler, watchdog, return_exceptions=True)
+        return 0
+
+    def _summary(self) -> str:
+        n = sum(len(c.tunnels) for c in self.config.connections)
+        return f"{len(self.config.connections)} connection(s), {n} tunnel(s) supervised"
+
+    async def _start_routes(self) -> None:
+        """Filled in by the route adapter wiring (route and bgp modes)."""
+
+    async def _start_probes(self) -> None:
+        """Filled in by the probe adapter wiring."""
+
+
+async def run_daemon(config: Config) -> int:
+    return await Daemon(config).run()
