@@ -59,6 +59,7 @@ class GuestResult:
     output: str
     seconds: float
     timed_out: bool = False
+    pid: int = 0             # vng's pid, also the process group of vng and QEMU
 
     @property
     def ok(self) -> bool:
@@ -266,7 +267,8 @@ def guest_script(command: str, *, env: Mapping[str, str] | None = None,
         parts.append(f"export {name}={shlex.quote(str(value))}")
     if cwd is not None:
         parts.append(f"cd {shlex.quote(os.fspath(cwd))}")
-    parts.append(command)
+    # Braces (newline-closed) keep `a; b` in CMD after the cd, whatever CMD ends with.
+    parts.append("{ " + command + "\n}")
     return " && ".join(parts)
 
 
@@ -288,9 +290,27 @@ def _vng_env(kernel: GuestKernel) -> dict[str, str]:
     return {**os.environ, "PATH": f"{kernel.vng.parent}:{path}"}
 
 
-def _kill_group(pgid: int) -> None:
+def live_group_members(pgid: int) -> list[int]:
+    """Pids in process group `pgid` that are not yet dead (zombies excluded: they hold
+    no memory and are reaped by whoever inherited them)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+async def _kill_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGKILL vng, virtme-run and QEMU together; return once they are really gone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while live_group_members(pgid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def run_in_guest_async(command: str, *, timeout: float, env: Mapping[str, str] | None = None,
@@ -330,11 +350,12 @@ async def run_in_guest_async(command: str, *, timeout: float, env: Mapping[str, 
     except TimeoutError:
         returncode, timed_out = None, True
     finally:
-        _kill_group(proc.pid)   # on success: stray helpers; on timeout/cancel: everything
+        # On success this only catches stray helpers; on timeout or cancel, everything.
+        await asyncio.shield(_kill_group(proc.pid))
         if proc.returncode is None:
             await proc.wait()
     return GuestResult(returncode=returncode, output="".join(chunks),
-                       seconds=time.monotonic() - started, timed_out=timed_out)
+                       seconds=time.monotonic() - started, timed_out=timed_out, pid=proc.pid)
 
 
 def run_in_guest(command: str, *, timeout: float, env: Mapping[str, str] | None = None,
