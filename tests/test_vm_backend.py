@@ -80,6 +80,8 @@ def test_guest_boots_debian_kernel_with_xfrm_support(kernel, smoke_boot):
 def test_host_venv_and_worktree_import_in_guest(smoke_boot):
     result, _, _ = smoke_boot
     assert "IMPORT-OK" in result.output, result.output[-3000:]
+    # The stdlib and venv came from the disk image, not over 9p (about 2x faster imports).
+    assert "python image not mounted" not in result.output
 
 
 def test_dual_tunnel_on_xfrm_interfaces_with_kernel_esp(smoke_boot):

@@ -73,3 +73,12 @@ def test_smoke_config_binds_each_tunnel_to_its_if_id():
     assert "if_id_in = 42" in t1 and "if_id_out = 42" in t1 and "remote_addrs = 198.18.0.1\n" in t1
     assert "if_id_in = 43" in t2 and "remote_addrs = 198.18.0.11" in t2
     assert "local_ts = 0.0.0.0/0" in conf and "remote_ts = 0.0.0.0/0" in conf
+
+
+def test_python_image_is_attached_read_only_and_mounted_over_the_host_paths():
+    image = vm.PythonImage(Path("/c/python-1.img"), (("stdlib", "/py/lib"), ("venv", "/v env")))
+    argv = vm.vng_argv(KERNEL, "true", python_image=image)
+    assert "--qemu-opts=-drive file=/c/python-1.img,if=virtio,format=raw,readonly=on" in argv
+    script = vm.guest_script("true", python_image=image)
+    assert "mount --bind /run/vpnd-python/venv '/v env'" in script
+    assert "|| echo 'vpnd-lab-vm: python image not mounted" in script   # 9p remains a fallback
