@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence, TextIO
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]   # the checkout this vpnd runs from
 CACHE_DIR = Path(os.environ.get("VPND_LAB_CACHE", "/var/cache/vpnd-lab"))
 KERNEL_META_PACKAGE = "linux-image-amd64"
 # Verified in lab-notes; used only when apt-cache cannot resolve the meta package.
@@ -295,14 +296,13 @@ def ensure_python_image(cache: Path = CACHE_DIR) -> PythonImage | None:
         try:
             for name, root, skip in trees:
                 (stage / name).mkdir(parents=True)
+                # Hard links when the cache is on the same filesystem: nothing is copied.
+                cp = "-al" if os.stat(root).st_dev == os.stat(cache).st_dev else "-a"
                 for top in os.listdir(root):
                     if top in skip:
                         (stage / name / top).mkdir()   # keep the mount point's shape
-                        continue
-                    # Hard links: no copy when the cache is on the same filesystem.
-                    _run(["cp", "-al", str(root / top), str(stage / name)], step="stage python") \
-                        if os.stat(root).st_dev == os.stat(cache).st_dev else \
-                        _run(["cp", "-a", str(root / top), str(stage / name)], step="stage python")
+                    else:
+                        _run(["cp", cp, str(root / top), str(stage / name)], step="stage python")
             used = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file() and not f.is_symlink())
             size_mb = used * 13 // 10 // 2**20 + 64
             tmp = image.with_suffix(".tmp")
@@ -480,9 +480,8 @@ def run_in_guest(command: str, *, timeout: float, env: Mapping[str, str] | None 
                                           python_image=python_image))
 
 
-def project_env(root: Path | None = None) -> dict[str, str]:
+def project_env(root: Path = PROJECT_ROOT) -> dict[str, str]:
     """PYTHONPATH for running this checkout's vpnd in the guest with the host's venv."""
-    root = root or Path(__file__).resolve().parents[2]
     return {"PYTHONPATH": str(root), "PATH": f"{Path(sys.executable).parent}:"
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
