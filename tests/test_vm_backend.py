@@ -1,8 +1,8 @@
 """The vm lab backend, end to end: Debian's kernel in a TCG guest runs the route-based dual
 tunnel (XFRM interfaces if_id 42/43, kernel ESP, metrics 100/101) that the host cannot.
 
-One guest boot carries the whole smoke scenario (a boot costs 10-15 s under TCG); two short
-extra boots prove exit codes, environment passing and the timeout kill.
+One guest boot carries the whole smoke scenario (a boot costs 10-15 s under TCG); short
+extra boots prove exit codes, environment passing, the timeout kill and SIGTERM handling.
 Run: PYTHONPATH=. python -m pytest -m vm tests/test_vm_backend.py
 """
 
@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,3 +115,46 @@ def test_timeout_kills_vng_and_qemu(kernel):
     assert result.timed_out and result.returncode is None
     assert result.seconds < 15
     assert vm.live_group_members(result.pid) == []
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def test_sigterm_to_the_runner_kills_the_guest_too(kernel):
+    """QEMU runs in its own session: without care, a CI timeout's SIGTERM would orphan it."""
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "vpnd.lab.vm", "run", "--timeout", "120", "echo STARTED; sleep 100"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in runner.stdout:      # bounded by the runner's own 120 s timeout
+            if line.startswith("STARTED"):
+                break
+        guest = _descendants(runner.pid)
+        assert any("qemu" in Path(f"/proc/{p}/comm").read_text() for p in guest if _alive(p))
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=30) == -signal.SIGTERM
+        assert [p for p in guest if _alive(p)] == []
+    finally:
+        if runner.poll() is None:
+            runner.kill()

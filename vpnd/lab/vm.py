@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -474,10 +475,41 @@ def run_in_guest(command: str, *, timeout: float, env: Mapping[str, str] | None 
                  cwd: str | os.PathLike[str] | None = None,
                  kernel: GuestKernel | None = None, kvm: bool | None = None,
                  stream: TextIO | None = None, python_image: bool = True) -> GuestResult:
-    """Synchronous `run_in_guest_async`, for scripts and pytest fixtures."""
-    return asyncio.run(run_in_guest_async(command, timeout=timeout, env=env, rwdirs=rwdirs,
-                                          cwd=cwd, kernel=kernel, kvm=kvm, stream=stream,
-                                          python_image=python_image))
+    """Synchronous `run_in_guest_async`, for scripts and pytest fixtures.
+
+    QEMU runs in its own session, so a signal to us does not reach it: Ctrl-C (asyncio.run's
+    cancellation) and SIGTERM (turned into the same cancellation here) kill the guest first,
+    then take their usual effect."""
+    terminated = False
+
+    async def guarded() -> GuestResult:
+        nonlocal terminated
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+        watch = (threading.current_thread() is threading.main_thread()
+                 and previous is not signal.SIG_IGN)
+
+        def on_term() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+        if watch:
+            loop.add_signal_handler(signal.SIGTERM, on_term)
+        try:
+            return await run_in_guest_async(
+                command, timeout=timeout, env=env, rwdirs=rwdirs, cwd=cwd, kernel=kernel,
+                kvm=kvm, stream=stream, python_image=python_image)
+        finally:
+            if watch:
+                loop.remove_signal_handler(signal.SIGTERM)
+                signal.signal(signal.SIGTERM, previous)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        if terminated:
+            signal.raise_signal(signal.SIGTERM)
+        raise
 
 
 def project_env(root: Path = PROJECT_ROOT) -> dict[str, str]:
