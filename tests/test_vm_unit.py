@@ -82,3 +82,12 @@ def test_python_image_is_attached_read_only_and_mounted_over_the_host_paths():
     script = vm.guest_script("true", python_image=image)
     assert "mount --bind /run/vpnd-python/venv '/v env'" in script
     assert "|| echo 'vpnd-lab-vm: python image not mounted" in script   # 9p remains a fallback
+
+
+def test_run_vpnd_in_guest_runs_this_checkout_with_its_interpreter(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(vm, "run_in_guest", lambda command, **kw: seen.update(command=command, **kw))
+    vm.run_vpnd_in_guest(["lab", "demo", "--backend", "native"], timeout=600, stream=None)
+    assert seen["command"] == "python -m vpnd lab demo --backend native"
+    assert seen["cwd"] == vm.PROJECT_ROOT and seen["env"]["PYTHONPATH"] == str(vm.PROJECT_ROOT)
+    assert seen["env"]["PATH"].startswith(str(Path(vm.sys.executable).parent) + ":")

@@ -255,12 +255,21 @@ def _python_trees() -> list[tuple[str, Path, frozenset[str]]]:
     stdlib = Path(sysconfig.get_paths(vars={"installed_base": sys.base_prefix,
                                              "base": sys.base_prefix})["stdlib"])
     in_venv = sys.prefix != sys.base_prefix
-    # A venv's own site-packages replace the base one (include-system-site-packages = false).
-    skip = frozenset({"test", "site-packages"} if in_venv else {"test"})
+    # An isolated venv never reads the base site-packages (often the bulk of the tree).
+    skip = frozenset({"test", "site-packages"} if in_venv and not _venv_sees_system_site()
+                     else {"test"})
     trees = [("stdlib", stdlib, skip)]
     if in_venv:
         trees.append(("venv", Path(sys.prefix), frozenset()))
     return trees
+
+
+def _venv_sees_system_site() -> bool:
+    try:
+        cfg = (Path(sys.prefix) / "pyvenv.cfg").read_text()
+    except OSError:
+        return True
+    return re.search(r"^include-system-site-packages\s*=\s*true", cfg, re.MULTILINE | re.I) is not None
 
 
 def _tree_key(trees: list[tuple[str, Path, frozenset[str]]]) -> str:
@@ -516,6 +525,14 @@ def project_env(root: Path = PROJECT_ROOT) -> dict[str, str]:
     """PYTHONPATH for running this checkout's vpnd in the guest with the host's venv."""
     return {"PYTHONPATH": str(root), "PATH": f"{Path(sys.executable).parent}:"
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def run_vpnd_in_guest(args: Sequence[str], *, timeout: float, stream: TextIO | None = sys.stdout,
+                      rwdirs: Sequence[str | os.PathLike[str]] = ()) -> GuestResult:
+    """`python -m vpnd ARGS` from this checkout, in a guest: what `vpnd lab ... --backend vm`
+    needs (e.g. args = ["lab", "demo", "--backend", "native"])."""
+    return run_in_guest(shlex.join(["python", "-m", "vpnd", *args]), timeout=timeout,
+                        env=project_env(), cwd=PROJECT_ROOT, rwdirs=rwdirs, stream=stream)
 
 
 # --- command line ---------------------------------------------------------------------------
