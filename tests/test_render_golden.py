@@ -27,7 +27,12 @@ PSKS = ("golden-psk-tunnel-1", "golden-psk-tunnel-2")
 
 
 def seed_config():
-    return load_file(SEED)
+    """Loaded from text with a relative source name, so golden files hold no checkout path."""
+    return load_text(SEED.read_text(), source="tests/golden/seed003.toml", base_dir=str(GOLDEN))
+
+
+def test_seed_file_loads_the_same():
+    assert replace(load_file(SEED), source="x") == replace(seed_config(), source="x")
 
 
 def check_golden(name: str, text: str) -> None:
@@ -346,3 +351,26 @@ def test_cli_errors(tmp_path):
     bad.write_text("[[connection]]\nname = 'x'\n")
     r = run_cli("swanctl", "-c", str(bad))
     assert r.returncode == 1 and "error: " in r.stderr and "Traceback" not in r.stderr
+
+
+def test_frr_several_bgp_connections():
+    import ipaddress
+    config = seed_config()
+    conn = config.connections[0]
+    other = replace(
+        conn, name="b", local_networks=(ipaddress.ip_network("10.1.0.0/16"),),
+        tunnels=tuple(replace(t, bgp=replace(t.bgp, peer_ip=ipaddress.ip_address(f"169.254.{30 + i}.1")))
+                      for i, t in enumerate(conn.tunnels)))
+    route_only = replace(conn, name="r", routing="route", bgp=None)
+    cfg = frr_mod.frr_config(replace(config, connections=(conn, other, route_only)))
+    routers = [c for c in cfg.contexts if c.keys[0].startswith("router bgp")]
+    assert {c.keys[0] for c in routers} == {"router bgp 65530"}
+    assert "neighbor 169.254.31.1 remote-as 65535" in routers[0].lines
+    assert "network 10.1.0.0/16" in routers[1].lines
+    assert ("route-map vpnd-b-standby-out permit 1",) in [c.keys for c in cfg.contexts]
+    entries = cfg.entries()
+    assert (("router bgp 65530",), "bgp router-id 169.254.10.2") in entries
+    assert entries[0] == (("bgp route-map delay-timer 0",), None)
+    other = replace(other, bgp=replace(other.bgp, local_asn=65001))
+    with pytest.raises(RenderError, match="local_asn"):
+        frr_mod.frr_config(replace(config, connections=(conn, other)))

@@ -47,6 +47,15 @@ class Context:
 class FrrConfig:
     contexts: tuple[Context, ...]
 
+    def entries(self) -> list[tuple[tuple[str, ...], str | None]]:
+        """Every (context keys, line) in order, (keys, None) for a context itself: the unit
+        an adapter diffs (as frr-reload.py does) to add and remove only what changed."""
+        out: list[tuple[tuple[str, ...], str | None]] = []
+        for ctx in self.contexts:
+            out.append((ctx.keys, None))
+            out += [(ctx.keys, line) for line in ctx.lines]
+        return out
+
     def text(self) -> str:
         """frr.conf / vtysh text: nested contexts indented, each block closed by exit."""
         out: list[str] = []
