@@ -4,6 +4,8 @@ swanctl text via `swanctl --load-all` and the same data as VICI dicts via load-c
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import shutil
 import socket
@@ -60,21 +62,28 @@ def _lab_missing() -> str | None:
     return None
 
 
-@pytest.fixture
-def charon():
-    """A private charon: own netns (its TUN and routes stay there), own mount ns (/run, so the
-    pid file is its own), VICI socket in a temp dir. Yields the socket path; always torn down."""
-    reason = _lab_missing()
-    if reason:
-        pytest.skip(reason)
-    work = Path(tempfile.mkdtemp(prefix="vpnd-rc-"))
+@contextlib.contextmanager
+def netns():
+    """A network namespace with a unique per-run name; always deleted."""
     ns = f"vpndr-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@contextlib.contextmanager
+def run_charon(ns: str):
+    """A private charon in `ns` and its own mount ns (/run, so the pid file is its own), VICI
+    socket in a temp dir. Yields the socket path; stopped by pid, always."""
+    work = Path(tempfile.mkdtemp(prefix="vpnd-rc-"))
     sock = work / "charon.vici"
     (work / "run").mkdir()
     (work / "strongswan.conf").write_text(
         "charon {\n load_modular = yes\n plugins {\n  include /etc/strongswan.d/charon/*.conf\n"
         f"  kernel-libipsec {{\n   load = 20\n  }}\n  vici {{\n   socket = unix://{sock}\n  }}\n }}\n}}\n")
-    subprocess.run(["ip", "netns", "add", ns], check=True)
     proc = None
     try:
         proc = subprocess.Popen(
@@ -95,8 +104,16 @@ def charon():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def charon():
+    reason = _lab_missing()
+    if reason:
+        pytest.skip(reason)
+    with netns() as ns, run_charon(ns) as sock:
+        yield sock
 
 
 def _connectable(path: Path) -> bool:
@@ -186,3 +203,80 @@ def test_charon_accepts_vici_dicts(charon, index):
     assert child["rekey_time"].decode() == swanctl.child_times(c.ipsec.lifetime)["rekey_time"][:-1]
     assert child["close_action"].decode() == "none" and child["dpd_action"].decode() == "none"
     assert [ts.decode() for ts in child["local-ts"]] == ["0.0.0.0/0"]
+
+
+def _sh(ns: str, *cmd: str) -> None:
+    subprocess.run(["ip", "-n", ns, *cmd], check=True)
+
+
+def _load(sock: str, conns: dict, secrets: list) -> None:
+    session, s = _session(sock)
+    try:
+        for name, body in conns.items():
+            session.load_conn({name: body})
+        for secret in secrets:
+            session.load_shared(secret)
+    finally:
+        s.close()
+
+
+def _established(sock: str) -> dict[str, str]:
+    """IKE SA name -> 'IKE state/CHILD state' as charon reports it."""
+    session, s = _session(sock)
+    try:
+        out = {}
+        for entry in session.list_sas():
+            for name, sa in entry.items():
+                children = [c["state"].decode() for c in sa.get("child-sas", {}).values()]
+                out[name] = "/".join([sa["state"].decode(), *children])
+        return out
+    finally:
+        s.close()
+
+
+@pytest.mark.lab
+def test_ours_and_mirror_establish_both_tunnels():
+    """Our VICI dicts in one charon, the cloud mirror in another: both tunnels come up, so
+    ids, PSK owners, proposals and traffic selectors really agree."""
+    reason = _lab_missing()
+    if reason:
+        pytest.skip(reason)
+    config = configs()[0]
+    conn = config.connections[0]
+    # libipsec: per-tunnel /32 selectors (see lab notes), no XFRM if_id
+    tunnels = tuple(
+        replace(t, interface_kind="existing",
+                local_ts=(ipaddress.ip_network(f"10.255.{i}.2/32"),),
+                remote_ts=(ipaddress.ip_network(f"10.255.{i}.1/32"),))
+        for i, t in enumerate(conn.tunnels, 1))
+    conn = replace(conn, routing="route", bgp=None, tunnels=tunnels)
+    with netns() as cgw, netns() as cloud:
+        veth_a, veth_b = f"vr{uuid.uuid4().hex[:8]}", f"vr{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "link", "add", veth_a, "netns", cgw, "type", "veth",
+                        "peer", "name", veth_b, "netns", cloud], check=True)
+        _sh(cgw, "addr", "add", "198.18.0.2/24", "dev", veth_a)
+        _sh(cloud, "addr", "add", "198.18.0.1/24", "dev", veth_b)
+        _sh(cloud, "addr", "add", "198.18.0.11/24", "dev", veth_b)
+        for i in (1, 2):
+            _sh(cgw, "addr", "add", f"10.255.{i}.2/32", "dev", "lo")
+            _sh(cloud, "addr", "add", f"10.255.{i}.1/32", "dev", "lo")
+        _sh(cgw, "link", "set", veth_a, "up")
+        _sh(cloud, "link", "set", veth_b, "up")
+        with run_charon(cgw) as ours, run_charon(cloud) as theirs:
+            _load(ours, {swanctl.conn_name(conn.name, t.name): swanctl.vici_conn(conn, t)
+                         for t in conn.tunnels},
+                  [swanctl.vici_secret(conn, t) for t in conn.tunnels])
+            _load(theirs, peer.peer_vici_conns(conn), peer.peer_vici_secrets(conn))
+            session, s = _session(ours)
+            try:
+                for t in conn.tunnels:
+                    name = swanctl.conn_name(conn.name, t.name)
+                    for _ in session.initiate({"child": name, "ike": name, "timeout": "10000"}):
+                        pass
+            finally:
+                s.close()
+            want = {swanctl.conn_name(conn.name, t.name): "ESTABLISHED/INSTALLED"
+                    for t in conn.tunnels}
+            assert _established(ours) == want
+            assert _established(theirs) == {peer.peer_conn_name(conn.name, t.name): "ESTABLISHED/INSTALLED"
+                                            for t in conn.tunnels}
