@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from vpnd.config.load import load_file
+from vpnd.config.model import Secret
 from vpnd.render import frr, peer, swanctl
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -235,9 +236,11 @@ def _established(sock: str) -> dict[str, str]:
 
 
 @pytest.mark.lab
-def test_ours_and_mirror_establish_both_tunnels():
-    """Our VICI dicts in one charon, the cloud mirror in another: both tunnels come up, so
-    ids, PSK owners, proposals and traffic selectors really agree."""
+@pytest.mark.parametrize("via", ["vici", "swanctl-text"])
+def test_ours_and_mirror_establish_both_tunnels(tmp_path, via):
+    """Ours in one charon (VICI dicts, or the swanctl text with keys that need quoting), the
+    cloud mirror in another: both tunnels come up, so ids, PSK owners, proposals, traffic
+    selectors and the text's quoting really agree."""
     reason = _lab_missing()
     if reason:
         pytest.skip(reason)
@@ -250,6 +253,9 @@ def test_ours_and_mirror_establish_both_tunnels():
                 remote_ts=(ipaddress.ip_network(f"10.255.{i}.1/32"),))
         for i, t in enumerate(conn.tunnels, 1))
     conn = replace(conn, routing="route", bgp=None, tunnels=tunnels)
+    if via == "swanctl-text":
+        conn = replace(conn, tunnels=tuple(
+            replace(t, psk=Secret(f'we ir"d\\ #{i};{{x}}=y')) for i, t in enumerate(conn.tunnels)))
     with netns() as cgw, netns() as cloud:
         veth_a, veth_b = f"vr{uuid.uuid4().hex[:8]}", f"vr{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "link", "add", veth_a, "netns", cgw, "type", "veth",
@@ -263,9 +269,17 @@ def test_ours_and_mirror_establish_both_tunnels():
         _sh(cgw, "link", "set", veth_a, "up")
         _sh(cloud, "link", "set", veth_b, "up")
         with run_charon(cgw) as ours, run_charon(cloud) as theirs:
-            _load(ours, {swanctl.conn_name(conn.name, t.name): swanctl.vici_conn(conn, t)
-                         for t in conn.tunnels},
-                  [swanctl.vici_secret(conn, t) for t in conn.tunnels])
+            if via == "vici":
+                _load(ours, {swanctl.conn_name(conn.name, t.name): swanctl.vici_conn(conn, t)
+                             for t in conn.tunnels},
+                      [swanctl.vici_secret(conn, t) for t in conn.tunnels])
+            else:
+                path = tmp_path / "swanctl.conf"
+                path.write_text(swanctl.swanctl_text(replace(config, connections=(conn,)),
+                                                     show_secrets=True))
+                r = subprocess.run(["swanctl", "--load-all", "--file", str(path), "--uri",
+                                    f"unix://{ours}"], capture_output=True, text=True, timeout=30)
+                assert r.returncode == 0, r.stdout + r.stderr
             _load(theirs, peer.peer_vici_conns(conn), peer.peer_vici_secrets(conn))
             session, s = _session(ours)
             try:
