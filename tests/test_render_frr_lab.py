@@ -50,7 +50,7 @@ def netns():
 
 
 class Frr:
-    """zebra + bgpd in a namespace, foreground children of this test (stopped by pid), with
+    """zebra, bgpd and bfdd in a namespace, foreground children of this test (stopped by pid), with
     their vty sockets in a private directory (no /etc/frr or /run/frr touched)."""
 
     def __init__(self, ns: str) -> None:
@@ -62,7 +62,7 @@ class Frr:
 
     def start(self) -> None:
         d = self.dir
-        for daemon in ("zebra", "bgpd"):
+        for daemon in ("zebra", "bgpd", "bfdd"):
             self.procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, str(FRR_BIN / daemon), "-F", "traditional",
                  "-A", "127.0.0.1", "-P", "0", "--vty_socket", str(d), "-z", str(d / "zserv.api"),
@@ -124,6 +124,11 @@ def _established(f: Frr, peers: list[str]) -> bool:
     return all(summary.get(p, {}).get("state") == "Established" for p in peers)
 
 
+def _bfd_up(f: Frr, peers: list[str]) -> bool:
+    status = {p["peer"]: p["status"] for p in f.json("show bfd peers json")}
+    return all(status.get(p) == "up" for p in peers)
+
+
 def _paths(f: Frr, prefix: str) -> dict[str, dict]:
     """next hop -> path (with 'best' and 'aspath') for one prefix."""
     out = {}
@@ -132,14 +137,16 @@ def _paths(f: Frr, prefix: str) -> dict[str, dict]:
     return out
 
 
-@pytest.mark.parametrize("standby", ["prepend", "ecmp"])
-def test_frr_and_mirror_standby(standby):
+@pytest.mark.parametrize("standby, bfd", [("prepend", False), ("ecmp", False), ("prepend", True)])
+def test_frr_and_mirror_standby(standby, bfd):
     reason = _missing()
     if reason:
         pytest.skip(reason)
     config = load_file(GOLDEN / "seed003.toml")
     conn = config.connections[0]
-    conn = replace(conn, bgp=replace(conn.bgp, keepalive=1, hold=3, standby=standby))     # quick sessions
+    conn = replace(conn, bgp=replace(
+        conn.bgp, keepalive=1, hold=3, standby=standby,
+        bfd=replace(conn.bgp.bfd, enabled=bfd, receive_interval_ms=200, transmit_interval_ms=200)))     # quick sessions
     config = replace(config, connections=(conn,))
     with netns() as cgw, netns() as cloud:
         for t in conn.tunnels:
@@ -162,6 +169,10 @@ def test_frr_and_mirror_standby(standby):
             ours.wait_for(lambda: len(_paths(ours, "192.168.0.0/16")) == 2
                           and len(_paths(theirs, "172.16.20.0/24")) == 2, "both paths", 15)
 
+            if bfd:     # bgpd's sessions got BFD peers with the profile's timers, and they are up
+                ours.wait_for(lambda: _bfd_up(ours, cloud_ips), "BFD up", 15)
+                for p in ours.json("show bfd peers json"):     # the profile's, not 300
+                    assert (p["receive-interval"], p["transmit-interval"]) == (200, 200)
             mine = _paths(ours, "192.168.0.0/16")
             theirs_paths = _paths(theirs, "172.16.20.0/24")
             if standby == "ecmp":       # both tunnels carry traffic, both ways
