@@ -8,7 +8,6 @@ injector: raw bytes before the next response, delays, dropped connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,12 +81,11 @@ class FakeCharon:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        self.drop_all()
+        self.drop_all()             # the serving tasks see EOF and end by themselves
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
         for t in list(self._tasks):
             t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
 
     def drop_all(self) -> None:
         for c in self.conns:
