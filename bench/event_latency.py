@@ -29,7 +29,7 @@ sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "tests"),
 import structlog  # noqa: E402
 
 from fake_charon import FakeCharon  # noqa: E402
-from vpnd.charon import CharonAdapter, Desired  # noqa: E402
+from vpnd.charon import CharonAdapter  # noqa: E402
 from vpnd.core.events import ChildDown, SaSnapshot, TunnelKey  # noqa: E402
 from vpnd.vici_client import Backoff  # noqa: E402
 

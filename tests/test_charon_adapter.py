@@ -339,3 +339,15 @@ async def test_initiate_fire_and_forget_and_terminate(adapter, charon):
     assert charon.requests[-1][1]["timeout"] == "-1"
     await adapter.terminate(T1, ike_id=4)
     assert charon.requests[-1] == ("terminate", {"ike-id": "4", "force": "yes", "timeout": "-1"})
+
+
+async def test_apply_reports_a_rejected_conn_and_loads_the_rest(adapter, charon):
+    def load_conn(conn, body):
+        if "vpnd-c1-t1" in body:
+            return {"success": "no", "errmsg": "invalid value for: proposals"}
+        charon.conn_configs.update({k: v for k, v in body.items()})
+        return {"success": "yes"}
+    charon.handlers["load-conn"] = load_conn
+    report = await adapter.apply(desired("vpnd-c1-t1", "vpnd-c1-t2"))
+    assert report.failed == (("vpnd-c1-t1", "invalid value for: proposals"),)
+    assert report.loaded == ("vpnd-c1-t2",) and list(charon.conn_configs) == ["vpnd-c1-t2"]

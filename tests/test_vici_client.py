@@ -8,7 +8,7 @@ import struct
 import tempfile
 
 import pytest
-from vici.protocol import FiniteStream, Message, Packet
+from vici.protocol import Message, Packet
 
 from fake_charon import FakeCharon, event_packet, frame, response_packet
 from vpnd.vici_client import (
@@ -363,3 +363,36 @@ async def test_max_packet_is_configurable(charon):
         charon.emit("log", {"msg": "small"})
         await until(lambda: got)
         assert got == [{"msg": "small"}]
+
+
+# --- property: no byte sequence inside a frame kills the reader --------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from vpnd.vici_client import ViciConnection  # noqa: E402
+
+
+class _NullWriter:
+    def write(self, data):
+        pass
+
+    def close(self):
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_any_framed_garbage_is_survived(payloads):
+    async def scenario():
+        got = []
+        reader = asyncio.StreamReader()
+        conn = ViciConnection(reader, _NullWriter(), role="events",
+                              on_event=lambda n, m: got.append((n, m)))
+        conn._registered.update({"ike-updown", "log"})
+        for p in payloads:
+            reader.feed_data(frame(p))
+        reader.feed_data(frame(GOOD))
+        await until(lambda: got and got[-1][1] == {"up": "yes", "good": {"uniqueid": "9"}}, 1.0)
+        assert not conn.is_closed
+        conn.close("done")
+    asyncio.run(scenario())

@@ -224,6 +224,7 @@ class ApplyReport:
     unloaded: tuple[str, ...]
     secrets_loaded: int
     secrets_unloaded: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...] = ()    # (conn or secret id, charon's errmsg)
 
 
 def stale(present: Iterable[str], wanted: Iterable[str]) -> list[str]:
@@ -300,19 +301,32 @@ class CharonAdapter:
         then remove vpnd-owned conns and secrets the config dropped."""
         self._desired = desired
         self._set_tunnels(desired.tunnels)
+        failed: list[tuple[str, str]] = []
+        secrets_loaded = 0
         for secret in desired.secrets:
-            await self.client.load_shared(secret)
+            try:
+                await self.client.load_shared(secret)
+                secrets_loaded += 1
+            except ViciError as e:          # one tunnel's problem must not block the other
+                failed.append((secret["id"], e.errmsg))
+        loaded = []
         for name, body in desired.conns.items():
-            await self.client.load_conn({name: body})
+            try:
+                await self.client.load_conn({name: body})
+                loaded.append(name)
+            except ViciError as e:
+                failed.append((name, e.errmsg))
         gone = stale(await self.client.get_conns(), desired.conns)
         for name in gone:
             await self.client.unload_conn(name)
         gone_keys = stale(await self.client.get_shared(), (s["id"] for s in desired.secrets))
         for ident in gone_keys:
             await self.client.unload_shared(ident)
-        report = ApplyReport(tuple(desired.conns), tuple(gone), len(desired.secrets), tuple(gone_keys))
-        log.info("charon.config_applied", loaded=len(report.loaded), unloaded=list(report.unloaded),
+        report = ApplyReport(tuple(loaded), tuple(gone), secrets_loaded, tuple(gone_keys), tuple(failed))
+        log.info("charon.config_applied", loaded=list(report.loaded), unloaded=list(report.unloaded),
                  secrets=report.secrets_loaded, secrets_unloaded=list(report.secrets_unloaded))
+        for what, errmsg in failed:
+            log.error("charon.load_failed", name=what, error=errmsg)
         return report
 
     # actions out ---------------------------------------------------------------------------

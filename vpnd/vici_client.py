@@ -74,7 +74,7 @@ class StrictStream(FiniteStream):
         return data
 
 
-def parse(raw: bytes):
+def parse_packet(raw: bytes):
     """Packet.parse, made strict: the payload stream raises on truncation."""
     parsed = Packet.parse(raw)
     payload = StrictStream(raw)
@@ -262,7 +262,7 @@ class ViciConnection:
         """Route one packet. Bad ones are logged and dropped; only a broken response to a
         pending request closes the connection (its state is then unknown)."""
         try:
-            parsed = parse(raw)
+            parsed = parse_packet(raw)
         except _MALFORMED:
             log.warning("vici.malformed_packet", role=self._role, size=len(raw))
             return
