@@ -361,3 +361,38 @@ async def test_real_charon_restart_reconnects_reloads_and_resyncs(pair):
         await until(lambda: any(isinstance(e, ChildUp) for e in events))
     finally:
         await adapter.stop()
+
+
+async def test_real_dpd_timeout_is_a_down_event(pair):
+    """Black-hole the peer in cgw (lab-notes: DPD 1 s + retransmits 1/2/1 -> down in about
+    4 s). charon's down events still read ESTABLISHED / INSTALLED: only the missing `up` key
+    marks them, and the adapter must report IkeDown and ChildDown."""
+    if shutil.which("nft") is None:
+        pytest.skip("needs nft")
+    lab, cgw, cloud = pair
+    events = []
+    adapter = CharonAdapter(cgw.vici, events.append, backoff=FAST)
+    await adapter.start()
+    try:
+        await until(lambda: SaSnapshot(()) in events, timeout=10)
+        d = cgw_desired()
+        name = "vpnd-c1-t1"
+        body = named(name, conn(CGW, CLOUD, "10.255.1.2/32", "10.255.1.1/32", dpd="1s"))
+        await adapter.apply(Desired({name: body}, d.secrets, d.tunnels))
+        assert await adapter.initiate(T1, timeout=5.0) is True
+        await until(lambda: any(isinstance(e, ChildUp) for e in events))
+        ike_id = next(e.ike_id for e in events if isinstance(e, IkeUp))
+        child_id = next(e.child_id for e in events if isinstance(e, ChildUp))
+        events.clear()
+        rules = (f"table inet vpv {{\n chain i {{ type filter hook input priority 0; "
+                 f"ip saddr {CLOUD} drop; }}\n chain o {{ type filter hook output priority 0; "
+                 f"ip daddr {CLOUD} drop; }}\n}}\n")
+        subprocess.run(["ip", "netns", "exec", cgw.netns, "nft", "-f", "-"], input=rules.encode(),
+                       check=True, capture_output=True, timeout=10)
+        await until(lambda: any(isinstance(e, ChildDown) for e in events), timeout=10)
+        assert IkeDown(T1, ike_id, "IKE SA down (state ESTABLISHED)") in events
+        assert ChildDown(T1, ike_id, child_id, "CHILD SA down (state INSTALLED)") in events
+        alerts = [e.kind for e in events if isinstance(e, CharonAlert)]
+        assert alerts[:1] == ["retransmit"] and "retransmit_timeout" in alerts
+    finally:
+        await adapter.stop()
