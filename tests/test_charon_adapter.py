@@ -351,3 +351,17 @@ async def test_apply_reports_a_rejected_conn_and_loads_the_rest(adapter, charon)
     report = await adapter.apply(desired("vpnd-c1-t1", "vpnd-c1-t2"))
     assert report.failed == (("vpnd-c1-t1", "invalid value for: proposals"),)
     assert report.loaded == ("vpnd-c1-t2",) and list(charon.conn_configs) == ["vpnd-c1-t2"]
+
+
+async def test_desired_from_rendered_config_loads_into_charon(adapter, charon):
+    """Integration with the render module (branch `render`): pending until it is merged."""
+    pytest.importorskip("vpnd.render.swanctl", reason="render branch not merged yet")
+    load = pytest.importorskip("vpnd.config.load", reason="config branch not merged yet")
+    from vpnd.charon import desired_from_config
+    import pathlib
+    example = next(pathlib.Path(__file__).parent.parent.glob("examples/*.toml"))
+    d = desired_from_config(load.load_file(example))
+    assert d.conns and all(n.startswith("vpnd-") for n in d.conns)
+    assert all(s["id"].startswith("vpnd-") for s in d.secrets)
+    report = await adapter.apply(d)
+    assert report.failed == () and set(charon.conn_configs) == set(d.conns)

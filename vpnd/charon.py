@@ -227,6 +227,27 @@ class ApplyReport:
     failed: tuple[tuple[str, str], ...] = ()    # (conn or secret id, charon's errmsg)
 
 
+def desired_from_config(config) -> Desired:
+    """Every tunnel's VICI dicts, as the render module builds them (vpnd/render/swanctl.py).
+
+    ASSUMED interface until the `render` branch lands: conn_name(connection, tunnel) ->
+    "vpnd-<connection>-<tunnel>", vici_conn(conn_cfg, tunnel_cfg) -> load-conn body,
+    vici_secret(conn_cfg, tunnel_cfg) -> load-shared body.
+    """
+    from vpnd.render import swanctl     # imported late: `vpnd check` never needs it
+
+    conns: dict[str, dict] = {}
+    secrets: list[dict] = []
+    tunnels: dict[str, TunnelKey] = {}
+    for c in config.connections:
+        for t in c.tunnels:
+            name = swanctl.conn_name(c.name, t.name)
+            conns[name] = swanctl.vici_conn(c, t)
+            secrets.append(swanctl.vici_secret(c, t))
+            tunnels[name] = TunnelKey(c.name, t.name)
+    return Desired(conns, tuple(secrets), tunnels)
+
+
 def stale(present: Iterable[str], wanted: Iterable[str]) -> list[str]:
     """vpnd-owned names charon holds that the config no longer wants. Foreign names never."""
     wanted = set(wanted)
