@@ -373,7 +373,9 @@ class CharonAdapter:
                 self._emit(ev)
         return True
 
-    async def terminate(self, tunnel: TunnelKey, ike_id: int | None = None, *, timeout: float = 0.0) -> None:
+    async def terminate(self, tunnel: TunnelKey, ike_id: int | None = None, *,
+                        timeout: float = 0.0) -> bool:
+        """Tear a tunnel's IKE SA down (one by id, else all of the tunnel's). True if sent."""
         try:
             if ike_id is not None:
                 await self.client.terminate(ike_id=ike_id, force=True, timeout=timeout)
@@ -381,3 +383,7 @@ class CharonAdapter:
                 await self.client.terminate(ike=self._names[tunnel], force=True, timeout=timeout)
         except ViciError as e:      # "no matching SAs": already gone, which is what we wanted
             log.info("charon.terminate_noop", tunnel=str(tunnel), error=e.errmsg)
+        except ViciException as e:
+            log.warning("charon.terminate_failed", tunnel=str(tunnel), error=str(e))
+            return False
+        return True
