@@ -98,9 +98,10 @@ class Finding:
 
 
 # (pattern, kind, reason). First match wins; specific lines come before the generic ones.
-# Lines marked (observed) were captured from charon 5.9.8 in this repo's lab (initiator and
-# responder side); the rest are charon 5.9.8 source strings for the same failures.
-LOG_RULES: tuple[tuple[re.Pattern, Kind, str], ...] = tuple(
+# `reason` may use the pattern's groups ({0}). Lines marked (observed) were captured from
+# charon 5.9.8 in this repo's lab (initiator and responder side); the others are format
+# strings found in this machine's 5.9.8 libcharon / libstrongswan for the same failures.
+LOG_RULES: tuple[tuple[re.Pattern, Kind | None, str], ...] = tuple(
     (re.compile(p), k, r) for p, k, r in (
         # phase 1: the IKE SA
         (r"^received AUTHENTICATION_FAILED notify error", "phase1",
@@ -112,14 +113,18 @@ LOG_RULES: tuple[tuple[re.Pattern, Kind, str], ...] = tuple(
          "no IKE proposal chosen by the peer (IKE_SA_INIT)"),                            # observed
         (r"^received proposals unacceptable", "phase1",
          "peer's IKE proposals unacceptable"),                                            # observed
+        (r"^no IKE config found for", "phase1", "no IKE config for the peer's addresses"),
         (r"^establishing IKE_SA failed, peer not responding", "phase1",
          "peer not responding"),                                                          # observed
+        (r"^rekeying IKE_SA failed, peer not responding", "phase1",
+         "peer not responding (IKE rekey)"),
         (r"^no matching peer config found", "phase1", "identity mismatch: no matching peer config"),  # observed
-        (r"^constraint check failed: identity '.*' required", "phase1",
+        (r"^constraint check failed: (?:\S+ )?identity '.*' required", "phase1",
          "identity mismatch: peer's ID is not the configured remote id"),
-        (r"^IDr '.*' does not match to '.*'", "phase1",
+        (r"^IDir '.*' does not match to '.*'", "phase1",
          "identity mismatch: peer answered with another ID"),
         (r"^received INVALID_KE_PAYLOAD notify", None, ""),                               # renegotiates by itself
+        (r"^received (\S+) notify error", "phase1", "peer refused the IKE SA: {0}"),
         # phase 2: the CHILD SA, with the IKE SA up
         (r"^received NO_PROPOSAL_CHOSEN notify, no CHILD_SA built", "phase2",
          "no ESP proposal chosen by the peer"),                                           # observed
@@ -127,8 +132,10 @@ LOG_RULES: tuple[tuple[re.Pattern, Kind, str], ...] = tuple(
          "traffic selectors unacceptable to the peer"),                                   # observed
         (r"^no acceptable proposal found", "phase2", "peer's ESP proposals unacceptable"),  # observed
         (r"^traffic selectors .* unacceptable", "phase2", "peer's traffic selectors unacceptable"),  # observed
-        (r"^unable to install (IPsec policies|inbound and outbound IPsec SA)", "phase2",
+        (r"^no matching CHILD_SA config found", "phase2", "no CHILD SA config for the peer's traffic selectors"),
+        (r"^unable to install .*IPsec (?:policies|SA)", "phase2",
          "installing the CHILD SA in the kernel failed"),
+        (r"^received (\S+) notify, no CHILD_SA built", "phase2", "peer refused the CHILD SA: {0}"),
         (r"^failed to establish CHILD_SA, keeping IKE_SA", "phase2", "CHILD SA not established"),  # observed
         # alerts: our own retransmits (not the peer's: "received retransmit of request ...")
         (r"^retransmit \d+ of request with message ID \d+", "retransmit", ""),           # observed
@@ -140,8 +147,9 @@ LOG_RULES: tuple[tuple[re.Pattern, Kind, str], ...] = tuple(
 def classify_log(msg: str) -> Finding | None:
     """A charon log line -> what it means for the tunnel, or None for the other 99%."""
     for pattern, kind, reason in LOG_RULES:
-        if pattern.match(msg):
-            return None if kind is None else Finding(kind, reason or msg)
+        m = pattern.match(msg)
+        if m:
+            return None if kind is None else Finding(kind, reason.format(*m.groups()) or msg)
     return None
 
 
