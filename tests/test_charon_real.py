@@ -26,8 +26,10 @@ from vpnd.core.events import (
     CharonConnected,
     CharonDisconnected,
     ChildDown,
+    ChildRekeyed,
     ChildUp,
     IkeDown,
+    IkeRekeyed,
     IkeUp,
     NegotiationFailed,
     SaSnapshot,
@@ -394,5 +396,34 @@ async def test_real_dpd_timeout_is_a_down_event(pair):
         assert ChildDown(T1, ike_id, child_id, "CHILD SA down (state INSTALLED)") in events
         alerts = [e.kind for e in events if isinstance(e, CharonAlert)]
         assert alerts[:1] == ["retransmit"] and "retransmit_timeout" in alerts
+    finally:
+        await adapter.stop()
+
+
+async def test_real_rekeys_become_rekeyed_events(pair):
+    lab, cgw, cloud = pair
+    events = []
+    adapter = CharonAdapter(cgw.vici, events.append, backoff=FAST)
+    await adapter.start()
+    try:
+        await until(lambda: SaSnapshot(()) in events, timeout=10)
+        await adapter.apply(cgw_desired())
+        assert await adapter.initiate(T1, timeout=5.0) is True
+        await until(lambda: any(isinstance(e, ChildUp) for e in events))
+        ike_id = next(e.ike_id for e in events if isinstance(e, IkeUp))
+        child_id = next(e.child_id for e in events if isinstance(e, ChildUp))
+
+        assert await adapter.client.rekey(child="vpnd-c1-t1") == 1
+        await until(lambda: any(isinstance(e, ChildRekeyed) for e in events))
+        rekeyed = next(e for e in events if isinstance(e, ChildRekeyed))
+        assert rekeyed.tunnel == T1 and rekeyed.old_child_id == child_id
+        assert rekeyed.new_child_id > child_id
+
+        assert await adapter.client.rekey(ike="vpnd-c1-t1") == 1
+        await until(lambda: any(isinstance(e, IkeRekeyed) for e in events))
+        ike_rekeyed = next(e for e in events if isinstance(e, IkeRekeyed))
+        assert ike_rekeyed.tunnel == T1 and ike_rekeyed.old_ike_id == ike_id
+        assert ike_rekeyed.new_ike_id > ike_id
+        assert not any(isinstance(e, (NegotiationFailed, ChildDown)) for e in events)
     finally:
         await adapter.stop()
