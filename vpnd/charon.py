@@ -1,0 +1,397 @@
+"""The charon adapter: loads vpnd's connections into charon and turns what charon says into
+core events.
+
+Everything that interprets charon's messages is a pure function here (`translate`,
+`classify_log`, `snapshot_from_sas`), tested with tables of real messages; `CharonAdapter`
+only wires them to the VICI client.
+
+Facts this relies on (lab-notes, checked against charon 5.9.8):
+- a down event is marked only by the absence of the `up` key; after a DPD timeout the IKE
+  state in the down event still reads ESTABLISHED and the child INSTALLED;
+- 5.9.8's VICI has no `alert` event: retransmits and negotiation failures are read from the
+  `log` event stream (and from `initiate`'s control-log when it fails).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+
+from vpnd.core.events import (
+    CharonAlert,
+    CharonConnected,
+    CharonDisconnected,
+    ChildDown,
+    ChildRekeyed,
+    ChildUp,
+    Event,
+    IkeDown,
+    IkeRekeyed,
+    IkeUp,
+    NegotiationFailed,
+    SaSnapshot,
+    TunnelKey,
+    TunnelSa,
+)
+from vpnd.vici_client import Backoff, ViciClient, ViciError, ViciException
+
+log = structlog.get_logger("vpnd.charon")
+
+PREFIX = "vpnd-"        # every connection and secret vpnd loads is named vpnd-...; never touch others
+
+
+# --- VICI events -> core events ------------------------------------------------------------
+
+def _sas(msg: Mapping) -> Iterable[tuple[str, dict]]:
+    """The per-SA sections of an event: every dict-valued key (`up` is a plain value)."""
+    return ((name, sa) for name, sa in msg.items() if isinstance(sa, dict))
+
+
+def _uid(d: Mapping, key: str = "uniqueid") -> int:
+    return int(d.get(key, 0))
+
+
+def translate(kind: str, msg: Mapping, tunnels: Mapping[str, TunnelKey]) -> list[Event]:
+    """One decoded VICI event -> core events. SAs of connections vpnd does not own are ignored."""
+    out: list[Event] = []
+    if kind == "log":
+        return []           # stateful de-duplication lives in LogClassifier
+    up = "up" in msg        # the ONLY up/down marker; states in down events may still look alive
+    for name, sa in _sas(msg):
+        tunnel = tunnels.get(name)
+        if tunnel is None:
+            continue
+        if kind == "ike-updown":
+            if up:
+                out.append(IkeUp(tunnel, _uid(sa)))
+            else:
+                out.append(IkeDown(tunnel, _uid(sa), f"IKE SA down (state {sa.get('state', '?')})"))
+        elif kind == "child-updown":
+            for child in sa.get("child-sas", {}).values():
+                if up:
+                    out.append(ChildUp(tunnel, _uid(sa), _uid(child)))
+                else:
+                    out.append(ChildDown(tunnel, _uid(sa), _uid(child),
+                                         f"CHILD SA down (state {child.get('state', '?')})"))
+        elif kind == "ike-rekey":
+            out.append(IkeRekeyed(tunnel, _uid(sa.get("old", {})), _uid(sa.get("new", {}))))
+        elif kind == "child-rekey":
+            for child in sa.get("child-sas", {}).values():
+                out.append(ChildRekeyed(tunnel, _uid(child.get("old", {})), _uid(child.get("new", {}))))
+    return out
+
+
+# --- charon's log lines -> failures and alerts -----------------------------------------------
+
+Kind = Literal["phase1", "phase2", "retransmit", "retransmit_timeout"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: Kind
+    reason: str
+
+
+# (pattern, kind, reason). First match wins; specific lines come before the generic ones.
+# `reason` may use the pattern's groups ({0}). Lines marked (observed) were captured from
+# charon 5.9.8 in this repo's lab (initiator and responder side); the others are format
+# strings found in this machine's 5.9.8 libcharon / libstrongswan for the same failures.
+LOG_RULES: tuple[tuple[re.Pattern, Kind | None, str], ...] = tuple(
+    (re.compile(p), k, r) for p, k, r in (
+        # phase 1: the IKE SA
+        (r"^received AUTHENTICATION_FAILED notify error", "phase1",
+         "authentication failed at the peer (pre-shared key or identity)"),             # observed
+        (r"^tried \d+ shared keys? for '.*' - '.*', but MAC mismatched", "phase1",
+         "pre-shared key mismatch"),                                                      # observed
+        (r"^no shared key found for", "phase1", "no pre-shared key for this peer"),
+        (r"^received NO_PROPOSAL_CHOSEN notify error", "phase1",
+         "no IKE proposal chosen by the peer (IKE_SA_INIT)"),                            # observed
+        (r"^received proposals unacceptable", "phase1",
+         "peer's IKE proposals unacceptable"),                                            # observed
+        (r"^no IKE config found for", "phase1", "no IKE config for the peer's addresses"),
+        (r"^establishing IKE_SA failed, peer not responding", "phase1",
+         "peer not responding"),                                                          # observed
+        (r"^rekeying IKE_SA failed, peer not responding", "phase1",
+         "peer not responding (IKE rekey)"),
+        (r"^no matching peer config found", "phase1", "identity mismatch: no matching peer config"),  # observed
+        (r"^constraint check failed: (?:\S+ )?identity '.*' required", "phase1",
+         "identity mismatch: peer's ID is not the configured remote id"),
+        (r"^IDir '.*' does not match to '.*'", "phase1",
+         "identity mismatch: peer answered with another ID"),
+        (r"^received INVALID_KE_PAYLOAD notify", None, ""),                               # renegotiates by itself
+        (r"^received (\S+) notify error", "phase1", "peer refused the IKE SA: {0}"),
+        # phase 2: the CHILD SA, with the IKE SA up
+        (r"^received NO_PROPOSAL_CHOSEN notify, no CHILD_SA built", "phase2",
+         "no ESP proposal chosen by the peer"),                                           # observed
+        (r"^received TS_UNACCEPTABLE notify, no CHILD_SA built", "phase2",
+         "traffic selectors unacceptable to the peer"),                                   # observed
+        (r"^no acceptable proposal found", "phase2", "peer's ESP proposals unacceptable"),  # observed
+        (r"^traffic selectors .* unacceptable", "phase2", "peer's traffic selectors unacceptable"),  # observed
+        (r"^no matching CHILD_SA config found", "phase2", "no CHILD SA config for the peer's traffic selectors"),
+        (r"^unable to install .*IPsec (?:policies|SA)", "phase2",
+         "installing the CHILD SA in the kernel failed"),
+        (r"^received (\S+) notify, no CHILD_SA built", "phase2", "peer refused the CHILD SA: {0}"),
+        (r"^failed to establish CHILD_SA, keeping IKE_SA", "phase2", "CHILD SA not established"),  # observed
+        # alerts: our own retransmits (not the peer's: "received retransmit of request ...")
+        (r"^retransmit \d+ of request with message ID \d+", "retransmit", ""),           # observed
+        (r"^giving up after \d+ retransmits", "retransmit_timeout", ""),                 # observed
+    )
+)
+
+
+def classify_log(msg: str) -> Finding | None:
+    """A charon log line -> what it means for the tunnel, or None for the other 99%."""
+    for pattern, kind, reason in LOG_RULES:
+        m = pattern.match(msg)
+        if m:
+            return None if kind is None else Finding(kind, reason.format(*m.groups()) or msg)
+    return None
+
+
+class LogClassifier:
+    """Turns `log` events (and initiate's control-log) into NegotiationFailed / CharonAlert.
+
+    The same line can arrive twice (event stream and control-log) and one failure is logged
+    as a specific line then a generic one: only the first finding per IKE SA and phase is
+    reported, each retransmit line once.
+    """
+
+    def __init__(self, tunnels: Mapping[str, TunnelKey], memory: int = 1024) -> None:
+        self.tunnels = tunnels
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._memory = memory
+
+    def __call__(self, entry: Mapping) -> list[Event]:
+        tunnel = self.tunnels.get(entry.get("ikesa-name", ""))
+        if tunnel is None:
+            return []
+        finding = classify_log(entry.get("msg", ""))
+        if finding is None:
+            return []
+        uid = entry.get("ikesa-uniqueid", "")
+        key = (uid, finding.kind) if finding.kind.startswith("phase") else (uid, entry.get("msg"))
+        if key in self._seen:
+            return []
+        self._seen[key] = None
+        if len(self._seen) > self._memory:
+            self._seen.popitem(last=False)
+        if finding.kind == "phase1":
+            return [NegotiationFailed(tunnel, 1, finding.reason)]
+        if finding.kind == "phase2":
+            return [NegotiationFailed(tunnel, 2, finding.reason)]
+        return [CharonAlert(tunnel, finding.kind, entry.get("msg", ""))]
+
+
+# --- list-sas -> SaSnapshot ---------------------------------------------------------------
+
+def _best(items: Iterable[dict], good: str) -> dict | None:
+    """Prefer the SA in the `good` state, then the newest (highest unique id)."""
+    items = list(items)
+    if not items:
+        return None
+    return max(items, key=lambda d: (d.get("state") == good, _uid(d)))
+
+
+def snapshot_from_sas(sas: Iterable[Mapping], tunnels: Mapping[str, TunnelKey]) -> SaSnapshot:
+    """`list-sas` output -> one TunnelSa per configured tunnel (all None when it has no SA)."""
+    by_name: dict[str, list[dict]] = {}
+    for entry in sas:
+        for name, sa in _sas(entry):
+            by_name.setdefault(name, []).append(sa)
+    out = []
+    for name, tunnel in tunnels.items():
+        ike = _best(by_name.get(name, []), "ESTABLISHED")
+        child = _best(ike.get("child-sas", {}).values(), "INSTALLED") if ike else None
+        out.append(TunnelSa(
+            tunnel,
+            _uid(ike) if ike else None, ike.get("state") if ike else None,
+            _uid(child) if child else None, child.get("state") if child else None,
+        ))
+    return SaSnapshot(tuple(out))
+
+
+# --- loading the configuration ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Desired:
+    """What charon should hold for vpnd: VICI-shaped dicts, as the render module builds them."""
+
+    conns: Mapping[str, dict]               # conn name -> load-conn body (without the name level)
+    secrets: tuple[dict, ...]               # load-shared bodies, each with an `id` starting vpnd-
+    tunnels: Mapping[str, TunnelKey]        # conn name -> the tunnel it carries
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    loaded: tuple[str, ...]
+    unloaded: tuple[str, ...]
+    secrets_loaded: int
+    secrets_unloaded: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...] = ()    # (conn or secret id, charon's errmsg)
+
+
+def desired_from_config(config) -> Desired:
+    """Every tunnel's VICI dicts, as the render module builds them (vpnd/render/swanctl.py).
+
+    ASSUMED interface until the `render` branch lands: conn_name(connection, tunnel) ->
+    "vpnd-<connection>-<tunnel>", vici_conn(conn_cfg, tunnel_cfg) -> load-conn body,
+    vici_secret(conn_cfg, tunnel_cfg) -> load-shared body.
+    """
+    from vpnd.render import swanctl     # imported late: `vpnd check` never needs it
+
+    conns: dict[str, dict] = {}
+    secrets: list[dict] = []
+    tunnels: dict[str, TunnelKey] = {}
+    for c in config.connections:
+        for t in c.tunnels:
+            name = swanctl.conn_name(c.name, t.name)
+            conns[name] = swanctl.vici_conn(c, t)
+            secrets.append(swanctl.vici_secret(c, t))
+            tunnels[name] = TunnelKey(c.name, t.name)
+    return Desired(conns, tuple(secrets), tunnels)
+
+
+def stale(present: Iterable[str], wanted: Iterable[str]) -> list[str]:
+    """vpnd-owned names charon holds that the config no longer wants. Foreign names never."""
+    wanted = set(wanted)
+    return sorted(n for n in present if n.startswith(PREFIX) and n not in wanted)
+
+
+class CharonAdapter:
+    """charon for the rest of vpnd: `apply()` a Desired, `initiate`/`terminate` tunnels, and
+    core events pushed to `emit` (CharonConnected then a SaSnapshot after every connect)."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        emit: Callable[[Event], None],
+        *,
+        request_timeout: float = 10.0,
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        self._emit = emit
+        self._desired: Desired | None = None
+        self.tunnels: dict[str, TunnelKey] = {}
+        self._names: dict[TunnelKey, str] = {}
+        self._classify = LogClassifier(self.tunnels)
+        self.client = ViciClient(
+            socket_path, on_event=self._on_event, on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect, request_timeout=request_timeout, backoff=backoff,
+        )
+
+    async def start(self) -> None:
+        self.client.start()
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    # events in --------------------------------------------------------------------------
+
+    def _on_event(self, kind: str, msg: dict) -> None:
+        if kind == "log":
+            events = self._classify(msg)
+        else:
+            events = translate(kind, msg, self.tunnels)
+        for event in events:
+            self._emit(event)
+
+    async def _on_connect(self) -> None:
+        """Subscribed already; now reload what charon may have lost, then the full snapshot."""
+        self._emit(CharonConnected())
+        if self._desired is not None:
+            try:
+                await self.apply(self._desired)
+            except ViciError as e:
+                log.error("charon.reload_failed", error=str(e))
+        await self.resync()
+
+    def _on_disconnect(self, reason: str) -> None:
+        self._emit(CharonDisconnected(reason))
+
+    async def resync(self) -> SaSnapshot:
+        snap = snapshot_from_sas(await self.client.list_sas(), self.tunnels)
+        self._emit(snap)
+        return snap
+
+    # config -----------------------------------------------------------------------------
+
+    def _set_tunnels(self, tunnels: Mapping[str, TunnelKey]) -> None:
+        self.tunnels.clear()                # shared with the classifier: update in place
+        self.tunnels.update(tunnels)
+        self._names = {key: name for name, key in tunnels.items()}
+
+    async def apply(self, desired: Desired) -> ApplyReport:
+        """Secrets first (a conn may start negotiating as soon as it is loaded), then conns,
+        then remove vpnd-owned conns and secrets the config dropped."""
+        self._desired = desired
+        self._set_tunnels(desired.tunnels)
+        failed: list[tuple[str, str]] = []
+        secrets_loaded = 0
+        for secret in desired.secrets:
+            try:
+                await self.client.load_shared(secret)
+                secrets_loaded += 1
+            except ViciError as e:          # one tunnel's problem must not block the other
+                failed.append((secret["id"], e.errmsg))
+        loaded = []
+        for name, body in desired.conns.items():
+            try:
+                await self.client.load_conn({name: body})
+                loaded.append(name)
+            except ViciError as e:
+                failed.append((name, e.errmsg))
+        gone = stale(await self.client.get_conns(), desired.conns)
+        for name in gone:
+            await self.client.unload_conn(name)
+        gone_keys = stale(await self.client.get_shared(), (s["id"] for s in desired.secrets))
+        for ident in gone_keys:
+            await self.client.unload_shared(ident)
+        report = ApplyReport(tuple(loaded), tuple(gone), secrets_loaded, tuple(gone_keys), tuple(failed))
+        log.info("charon.config_applied", loaded=list(report.loaded), unloaded=list(report.unloaded),
+                 secrets=report.secrets_loaded, secrets_unloaded=list(report.secrets_unloaded))
+        for what, errmsg in failed:
+            log.error("charon.load_failed", name=what, error=errmsg)
+        return report
+
+    # actions out ---------------------------------------------------------------------------
+
+    async def initiate(self, tunnel: TunnelKey, *, timeout: float = 0.0) -> bool:
+        """Bring a tunnel up. timeout 0: fire and forget, outcome via events. Otherwise wait;
+        a failure becomes NegotiationFailed from charon's own lines. True when it came up."""
+        name = self._names[tunnel]
+        try:
+            logs = await self.client.initiate(name, ike=name, timeout=timeout)
+        except ViciError as e:
+            events = [ev for entry in e.logs for ev in self._classify(entry)]
+            for ev in events:
+                self._emit(ev)
+            log.warning("charon.initiate_failed", tunnel=str(tunnel), error=e.errmsg,
+                        limited=e.limited, classified=len(events))
+            return False
+        except ViciException as e:
+            log.warning("charon.initiate_failed", tunnel=str(tunnel), error=str(e))
+            return False
+        for entry in logs:      # retransmits seen on the way up are still worth reporting
+            for ev in self._classify(entry):
+                self._emit(ev)
+        return True
+
+    async def terminate(self, tunnel: TunnelKey, ike_id: int | None = None, *,
+                        timeout: float = 0.0) -> bool:
+        """Tear a tunnel's IKE SA down (one by id, else all of the tunnel's). True if sent."""
+        try:
+            if ike_id is not None:
+                await self.client.terminate(ike_id=ike_id, force=True, timeout=timeout)
+            else:
+                await self.client.terminate(ike=self._names[tunnel], force=True, timeout=timeout)
+        except ViciError as e:      # "no matching SAs": already gone, which is what we wanted
+            log.info("charon.terminate_noop", tunnel=str(tunnel), error=e.errmsg)
+        except ViciException as e:
+            log.warning("charon.terminate_failed", tunnel=str(tunnel), error=str(e))
+            return False
+        return True
