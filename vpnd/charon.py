@@ -325,6 +325,12 @@ class CharonAdapter:
         self.tunnels.update(tunnels)
         self._names = {key: name for name, key in tunnels.items()}
 
+    def desire(self, desired: Desired) -> None:
+        """Set what charon must hold before the first connect: the connect hook then loads it
+        before the first `list-sas`, so the core never sees a snapshot of an unloaded config."""
+        self._desired = desired
+        self._set_tunnels(desired.tunnels)
+
     async def apply(self, desired: Desired) -> ApplyReport:
         """Secrets first (a conn may start negotiating as soon as it is loaded), then conns,
         then remove vpnd-owned conns and secrets the config dropped."""

@@ -142,10 +142,33 @@ class Daemon:
         return f"{len(self.config.connections)} connection(s), {n} tunnel(s) supervised"
 
     async def _start_routes(self) -> None:
-        """Filled in by the route adapter wiring (route and bgp modes)."""
+        """Route mode: vpnd owns the remote networks' routes (adopted, never flapped at start)."""
+        from vpnd.routes import RouteController
+
+        for conn in self.config.connections:
+            if conn.routing != "route":
+                continue
+            rc = RouteController(conn, protocol=self.config.daemon.route_protocol,
+                                 netns=self.netns, on_event=self.sup.post)
+            await rc.start()
+            self.routes[conn.name] = rc
 
     async def _start_probes(self) -> None:
-        """Filled in by the probe adapter wiring."""
+        """One prober per tunnel of every connection with a health check."""
+        from vpnd.probe import Prober
+
+        for conn in self.config.connections:
+            hc = conn.health_check
+            if hc is None:
+                continue
+            for t in conn.tunnels:
+                p = Prober(E.TunnelKey(conn.name, t.name), destination=str(hc.destination),
+                           source=str(hc.source),
+                           interface=t.interface if conn.routing != "policy" else None,
+                           interval=hc.interval, timeout=hc.timeout or hc.interval,
+                           on_result=self._from_probe)
+                p.start()
+                self.probes.append(p)
 
 
 async def run_daemon(config: Config) -> int:
