@@ -1,0 +1,249 @@
+"""`vpnd lab up | down | status | demo`: the lab for newcomers, tests and benchmarks.
+
+The backend is chosen automatically and printed: `native` when this kernel has XFRM
+interfaces and ESP, else `vm` for the demo (the same scenario on a real Debian kernel in a
+QEMU guest) or `libipsec` (charon's userspace ESP) for a lab left running.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from vpnd.lab import daemons, faults, scenario
+from vpnd.lab.pinger import Pinger
+from vpnd.lab.topology import Lab, LabError, sh
+
+
+def native_supported() -> bool:
+    """Try what the native backend needs, in a scratch namespace: an XFRM interface."""
+    ns = f"vpnd-probe-{int(time.time() * 1000) % 100000}"
+    if sh("ip", "netns", "add", ns, check=False).returncode != 0:
+        return False
+    try:
+        r = sh("ip", "-n", ns, "link", "add", "x0", "type", "xfrm", "if_id", "1", check=False)
+        return r.returncode == 0
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def vm_possible() -> bool:
+    import shutil
+    return shutil.which("qemu-system-x86_64") is not None or shutil.which("apt-get") is not None
+
+
+def choose_backend(requested: str, action: str) -> str:
+    if requested != "auto":
+        return requested
+    if native_supported():
+        return "native"
+    if action == "demo" and vm_possible():
+        return "vm"
+    return "libipsec"
+
+
+# --- reading charon --------------------------------------------------------------------------
+
+def list_sas(lab: Lab, role: str = "cgw") -> list[dict]:
+    import vici
+
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(str(daemons.vici_path(lab, role)))
+    try:
+        out = []
+        for sa in vici.Session(s).list_sas():
+            for name, ike in sa.items():
+                children = ike.get("child-sas", {})
+                child = next(iter(children.values()), {}) if children else {}
+                out.append({"name": name, "ike": ike.get("state", b"").decode(),
+                            "ike_id": int(ike.get("uniqueid", b"0")),
+                            "child": child.get("state", b"").decode() if child else "-",
+                            "child_id": int(child.get("uniqueid", b"0")) if child else 0})
+        return sorted(out, key=lambda r: r["name"])
+    finally:
+        s.close()
+
+
+def vpnd_routes(lab: Lab) -> list[str]:
+    return lab.ip("cgw", "route", "show", "proto", "249").stdout.strip().splitlines()
+
+
+def active_interface(lab: Lab) -> str | None:
+    for line in vpnd_routes(lab):
+        w = line.split()
+        if "metric" in w and w[w.index("metric") + 1] == "100" and "dev" in w:
+            return w[w.index("dev") + 1]
+    return None
+
+
+def print_status(lab: Lab, out=sys.stdout) -> list[dict]:
+    sas = list_sas(lab)
+    print(f"{'connection (cgw side)':<24} {'IKE SA':<14} {'CHILD SA':<12}", file=out)
+    for sa in sas:
+        print(f"{sa['name']:<24} {sa['ike']:<14} {sa['child']:<12}", file=out)
+    if not sas:
+        print("(no SAs)", file=out)
+    routes = vpnd_routes(lab)
+    if routes:
+        print("vpnd's routes in cgw:", file=out)
+        for r in routes:
+            print(f"  {r}", file=out)
+    return sas
+
+
+def wait_until(what: str, pred, timeout: float, interval: float = 0.02) -> float:
+    """Bounded wait; returns the seconds it took. Raises LabError naming what never happened."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if pred():
+                return time.monotonic() - t0
+        except (OSError, LabError):
+            pass
+        if time.monotonic() - t0 > timeout:
+            raise LabError(f"timed out after {timeout:.0f} s waiting for: {what}")
+        time.sleep(interval)
+
+
+def both_established(lab: Lab) -> bool:
+    sas = list_sas(lab)
+    return len(sas) >= 2 and all(s["ike"] == "ESTABLISHED" and s["child"] == "INSTALLED" for s in sas)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+def cmd_up(lab: Lab, backend: str, routing: str, *, with_vpnd: bool = True) -> int:
+    if backend == "vm":
+        print("lab: `up` runs on this kernel; the vm backend runs whole scenarios (`vpnd lab demo --backend vm`).")
+        backend = "libipsec"
+    print(f"lab: backend {backend}, prefix {lab.prefix}, dir {lab.dir}")
+    opts = scenario.Options(backend=backend, routing=routing)
+    t0 = time.monotonic()
+    scenario.up(lab, opts)
+    if with_vpnd:
+        daemons.start_vpnd(lab, lab.dir / "vpnd.toml")
+        wait_until("both tunnels ESTABLISHED with CHILD SAs INSTALLED", lambda: both_established(lab), 60)
+    print(f"lab: up in {time.monotonic() - t0:.1f} s")
+    print_status(lab)
+    print(f"lab: explore with `ip netns exec {lab.ns('lan')} ping {lab.plan.vpc_host}`; "
+          f"`vpnd lab status`, `vpnd lab down` when done")
+    return 0
+
+
+def cmd_down(lab: Lab) -> int:
+    t0 = time.monotonic()
+    lab.destroy()
+    print(f"lab: {lab.prefix} down in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def cmd_status(lab: Lab) -> int:
+    if not lab.exists():
+        print(f"lab: no lab with prefix {lab.prefix} is running (`vpnd lab up`)")
+        return 1
+    print_status(lab)
+    return 0
+
+
+def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict[str, Any]:
+    """The newcomer's tour; every step waits for its expectation, bounded. Returns figures."""
+    def say(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    ifs = [scenario.tunnel_ifname(backend, i) for i in range(2)]
+    opts = scenario.Options(backend=backend, routing=routing)
+    say(f"== 1. building the lab ({backend} backend): cgw, cloud (two IPsec addresses), lan, vpc")
+    t0 = time.monotonic()
+    config = scenario.up(lab, opts)
+    conn = config.connections[0]
+    say(f"   namespaces and two real charons up in {time.monotonic() - t0:.1f} s; "
+        f"the cloud side loaded from `vpnd render peer` of the same TOML")
+    say("== 2. starting vpnd in cgw: it loads charon over VICI, probes each tunnel, owns the routes")
+    daemons.start_vpnd(lab, lab.dir / "vpnd.toml")
+    took = wait_until("both tunnels ESTABLISHED with CHILD SAs INSTALLED", lambda: both_established(lab), 60)
+    say(f"   both tunnels established {took:.1f} s after vpnd started")
+    wait_until(f"vpnd's route via tunnel 1 ({ifs[0]})", lambda: active_interface(lab) == ifs[0], 30)
+    print_status(lab, out)
+    say(f"== 3. pinging {lab.plan.vpc_host} from lan every 10 ms; black-holing tunnel 1's data path "
+        "(IKE stays up: DPD alone would never notice)")
+    pinger = Pinger(lab, duration=120)
+    wait_until("pings flowing", lambda: True, 1)
+    time.sleep(1.0)         # a second of clean traffic before the fault, for the record
+    t_fault = time.monotonic()
+    faults.blackhole(lab, 0, backend)
+    failover_s = wait_until(f"traffic moved to tunnel 2 ({ifs[1]})", lambda: active_interface(lab) == ifs[1], 30,
+                            interval=0.005)
+    say(f"   vpnd moved the route to tunnel 2 after {failover_s * 1000:.0f} ms "
+        f"(probes every {opts.interval * 1000:.0f} ms, {opts.retries} retries)")
+    time.sleep(1.0)
+    report = pinger.stop()
+    say(f"   LAN->VPC during the failover: {report.line()}")
+    print_status(lab, out)
+    say(f"== 4. repairing tunnel 1; vpnd moves back after it has been healthy for {opts.preempt_delay:.0f} s")
+    pinger2 = Pinger(lab, duration=120)
+    faults.repair(lab)
+    back_s = wait_until(f"traffic back on tunnel 1 ({ifs[0]})", lambda: active_interface(lab) == ifs[0], 60,
+                        interval=0.01)
+    time.sleep(0.5)
+    report2 = pinger2.stop()
+    say(f"   back on tunnel 1 {back_s:.1f} s after the repair; LAN->VPC meanwhile: {report2.line()}")
+    print_status(lab, out)
+    del conn, t_fault
+    return {"backend": backend, "failover_ms": round(failover_s * 1000, 1),
+            "outage_ms": report.outage_ms, "sent": report.sent, "received": report.received,
+            "failback_s": round(back_s, 2), "failback_outage_ms": report2.outage_ms}
+
+
+def cmd_demo(lab: Lab, backend: str, routing: str) -> int:
+    if backend == "vm":
+        from vpnd.lab import vm
+
+        print("lab: this kernel lacks XFRM interfaces and ESP: running the demo on Debian's kernel "
+              "in a QEMU guest (software emulation: timings are slow, compare ratios)", flush=True)
+        vm.ensure_guest_kernel()
+        result = vm.run_vpnd_in_guest(["lab", "demo", "--backend", "native", "--prefix", lab.prefix],
+                                      timeout=900)
+        return result.returncode
+    t0 = time.monotonic()
+    try:
+        figures = demo(lab, backend, routing)
+        print(f"== done in {time.monotonic() - t0:.0f} s: " + json.dumps(figures), flush=True)
+        return 0
+    except LabError as err:
+        print(f"lab: demo failed: {err}", file=sys.stderr, flush=True)
+        tail = (lab.dir / "vpnd.log")
+        if tail.exists():
+            print("lab: last lines of vpnd's log:", file=sys.stderr)
+            print("\n".join(tail.read_text().splitlines()[-15:]), file=sys.stderr)
+        return 1
+    finally:
+        print("== 5. tearing everything down", flush=True)
+        lab.destroy()
+
+
+def main(args: Any) -> int:
+    import os
+
+    if os.geteuid() != 0:
+        print("lab: needs root (network namespaces, charon)", file=sys.stderr)
+        return 1
+    lab = Lab(prefix=args.prefix or "vpnd")
+    try:
+        if args.action == "down":
+            return cmd_down(lab)
+        if args.action == "status":
+            return cmd_status(lab)
+        backend = choose_backend(args.backend, args.action)
+        if args.action == "up":
+            return cmd_up(lab, backend, args.routing)
+        return cmd_demo(lab, backend, args.routing)
+    except (LabError, subprocess.TimeoutExpired) as err:
+        print(f"lab: {err}", file=sys.stderr)
+        if args.action == "up":
+            lab.destroy()
+        return 1

@@ -1,0 +1,203 @@
+"""A dual-tunnel scenario on the lab: vpnd's TOML, the cloud side configured from it, overlays.
+
+The cloud side is loaded from the SAME vpnd TOML through the peer renderer (the mirror image
+the operator would type into the console), so a lab run proves both ends agree.
+
+Backends:
+- `libipsec` (host kernels without ESP/XFRM interfaces): charon's userspace ESP; each tunnel's
+  CHILD SA carries only a /32 endpoint pair and a VXLAN link per tunnel (vxlan1/vxlan2, inner
+  169.254.x.x/30) runs over it, so kernel routes with metrics choose the tunnel. vpnd uses the
+  VXLAN links as `interface_kind = "existing"`.
+- `native` (kernel ESP and XFRM interfaces): vpnd creates ipsec0/ipsec1 (if_id 42/43) in cgw;
+  the lab creates the cloud's own XFRM interfaces (if_id 52/53); TS 0.0.0.0/0 as in seed 003.
+
+The cloud returns traffic on the tunnel its latest packet arrived on (every packet from a
+tunnel re-marks its conntrack entry; the mark picks a per-tunnel table): vpnd probes each
+tunnel separately, and when vpnd moves a flow the cloud's answers follow it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vpnd.config.load import load_file
+from vpnd.config.model import Config
+from vpnd.lab import daemons
+from vpnd.lab.topology import Lab, LabError, sh
+
+CLOUD_IF_IDS = (52, 53)
+
+
+@dataclass(frozen=True)
+class Options:
+    backend: str = "libipsec"          # libipsec | native
+    routing: str = "route"             # route | policy
+    interval: float = 0.1              # probe interval (s)
+    retries: int = 3
+    preempt_delay: float = 3.0
+    dpd_delay: int = 10
+    cloud_psk: tuple[str, str] | None = None     # a different cloud PSK: phase 1 must fail
+    cloud_esp: str | None = None                  # a different cloud ESP cipher: phase 2 must fail
+
+
+def tunnel_ifname(backend: str, i: int) -> str:
+    return f"vxlan{i + 1}" if backend == "libipsec" else f"ipsec{i}"
+
+
+def write_config(lab: Lab, opts: Options) -> Path:
+    p = lab.plan
+    psk = []
+    for i in range(2):
+        f = lab.dir / f"tunnel{i + 1}.psk"
+        f.write_text(f"lab-secret-{lab.prefix}-tunnel{i + 1}-Xq7\n")
+        f.chmod(0o600)
+        psk.append(f)
+    tunnels = []
+    for i in range(2):
+        ours, theirs = p.endpoints[i]
+        t = [
+            "[[connection.tunnel]]",
+            f'name = "tunnel{i + 1}"',
+            f'local_address = "{p.cgw_wan}"',
+            f'remote_address = "{p.cloud_wan[i]}"',
+            f'psk_file = "{psk[i]}"',
+            f'interface = "{tunnel_ifname(opts.backend, i)}"',
+            f"if_id = {42 + i}",
+        ]
+        if opts.backend == "libipsec":
+            t += ['interface_kind = "existing"', f'local_ts = ["{ours}/32"]', f'remote_ts = ["{theirs}/32"]']
+        else:
+            t += ['underlay = "wan0"']
+        tunnels.append("\n".join(t))
+    text = f"""# written by `vpnd lab` for lab {lab.prefix} ({opts.backend} backend)
+[daemon]
+log_format = "json"
+metrics_listen = "127.0.0.1:9456"
+control_socket = "{lab.dir}/control.sock"
+vici_socket = "{daemons.vici_path(lab, 'cgw')}"
+
+[[connection]]
+name = "vpc1"
+routing = "{opts.routing}"
+local_networks = ["{p.lan_net}"]
+remote_networks = ["{p.vpc_net}"]
+dpd_delay = {opts.dpd_delay}
+
+[connection.health_check]
+destination = "{p.vpc_host}"
+source = "{p.cgw_lan}"
+interval = {opts.interval}
+retries = {opts.retries}
+
+[connection.failover]
+preempt_delay = {opts.preempt_delay}
+hold_down = 1.0
+
+""" + "\n\n".join(tunnels) + "\n"
+    path = lab.dir / "vpnd.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
+    """Per backend: what carries each tunnel's traffic, on both sides."""
+    p = lab.plan
+    conn = config.connections[0]
+    if opts.backend == "libipsec":
+        for i in range(2):
+            ours, theirs = p.endpoints[i]
+            inner_ours, inner_theirs = p.inner[i]
+            lab.ip("cgw", "addr", "add", f"{ours}/32", "dev", "lo")
+            lab.ip("cloud", "addr", "add", f"{theirs}/32", "dev", "lo")
+            for role, local, remote, addr in (("cgw", ours, theirs, inner_ours),
+                                              ("cloud", theirs, ours, inner_theirs)):
+                dev = f"vxlan{i + 1}"
+                lab.ip(role, "link", "add", dev, "type", "vxlan", "id", str(101 + i), "local", local,
+                       "remote", remote, "dstport", "4789")
+                lab.ip(role, "link", "set", dev, "mtu", "1300", "up")
+                lab.ip(role, "addr", "add", f"{addr}/30", "dev", dev)
+            # vpnd's routes are device routes (as on XFRM interfaces): the cloud answers ARP.
+            lab.sysctl("cloud", f"net.ipv4.conf.vxlan{i + 1}.proxy_arp", "1")
+    else:
+        for i in range(2):
+            dev = f"cloud{i}"
+            lab.ip("cloud", "link", "add", dev, "type", "xfrm", "dev", "wan0", "if_id", str(CLOUD_IF_IDS[i]))
+            lab.ip("cloud", "link", "set", dev, "up")
+    # The cloud's routes back to the LAN: per-tunnel tables for symmetric return, and metric
+    # routes for flows the VPC starts.
+    for i in range(2):
+        dev = tunnel_ifname(opts.backend, i) if opts.backend == "libipsec" else f"cloud{i}"
+        via = ["via", p.inner[i][0]] if opts.backend == "libipsec" else []
+        lab.ip("cloud", "route", "add", p.lan_net, *via, "dev", dev, "metric", str(100 + i))
+        lab.ip("cloud", "route", "add", p.lan_net, *via, "dev", dev, "table", str(101 + i))
+        lab.ip("cloud", "rule", "add", "fwmark", str(i + 1), "table", str(101 + i), "priority", str(100 + i))
+    rules = "\n".join(
+        f'  iifname "{tunnel_ifname(opts.backend, i) if opts.backend == "libipsec" else f"cloud{i}"}" ct mark set {i + 1}'
+        for i in range(2))
+    nft(lab, "cloud", f"""table ip vpndlab {{
+ chain pre {{
+  type filter hook prerouting priority mangle; policy accept;
+{rules}
+  meta mark set ct mark
+ }}
+ chain blackhole {{
+ }}
+ chain input {{
+  type filter hook input priority filter; policy accept;
+  jump blackhole
+ }}
+ chain output {{
+  type filter hook output priority filter; policy accept;
+  jump blackhole
+ }}
+ chain forward {{
+  type filter hook forward priority filter; policy accept;
+  jump blackhole
+ }}
+}}
+""")
+    del conn
+
+
+def load_cloud(lab: Lab, config: Config, opts: Options) -> None:
+    """The cloud side from the same TOML: `vpnd render peer`'s mirror, loaded with swanctl."""
+    from dataclasses import replace
+
+    from vpnd.render import peer
+
+    conn = config.connections[0]
+    if opts.cloud_psk or opts.cloud_esp:
+        from vpnd.config.model import Secret
+        tunnels = tuple(replace(t, psk=Secret(opts.cloud_psk[i])) if opts.cloud_psk else t
+                        for i, t in enumerate(conn.tunnels))
+        ipsec = replace(conn.ipsec, encryption=opts.cloud_esp) if opts.cloud_esp else conn.ipsec
+        conn = replace(conn, tunnels=tunnels, ipsec=ipsec)
+    if_ids = None if opts.backend == "libipsec" else {t.name: CLOUD_IF_IDS[i] for i, t in enumerate(conn.tunnels)}
+    text = peer.peer_swanctl_text(conn, if_ids=if_ids, show_secrets=True)
+    path = lab.dir / "cloud-swanctl.conf"
+    path.write_text(text)
+    path.chmod(0o600)
+    r = sh("swanctl", "--load-all", "--noprompt", "--file", str(path), "--uri",
+           f"unix://{daemons.vici_path(lab, 'cloud')}", check=False)
+    if r.returncode != 0:
+        raise LabError(f"the cloud side refused its configuration: {r.stdout}{r.stderr}")
+
+
+def nft(lab: Lab, role: str, ruleset: str) -> None:
+    path = lab.dir / f"nft-{role}.conf"
+    path.write_text(ruleset)
+    lab.exec(role, "nft", "-f", str(path))
+
+
+def up(lab: Lab, opts: Options) -> Config:
+    """Namespaces, charons, overlays and the cloud side; vpnd itself is started separately."""
+    lab.build()
+    path = write_config(lab, opts)
+    config = load_file(path)
+    for role in ("cgw", "cloud"):
+        daemons.start_charon(lab, role, libipsec=opts.backend == "libipsec")
+    build_overlay(lab, config, opts)
+    load_cloud(lab, config, opts)
+    return config
