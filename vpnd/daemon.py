@@ -33,6 +33,7 @@ class Daemon:
         self.metrics.declare(config)
         self.charon = CharonAdapter(config.daemon.vici_socket, self._from_charon)
         self.routes: dict[str, Any] = {}       # connection -> route controller
+        self.links: dict[str, Any] = {}        # connection -> link keeper
         self.probes: list[Any] = []
         self._synced = asyncio.Event()
         self._wire()
@@ -61,6 +62,7 @@ class Daemon:
         sup.on(A.ReportTransition, self._report)
         sup.on(A.SetActive, self._set_active)
         sup.on(A.RepairRoutes, self._repair_routes)
+        sup.on(A.RepairInterface, self._repair_interface)
 
     async def _initiate(self, a: A.Initiate) -> None:
         # Outcomes arrive as VICI events: fire and forget, never block the reconciler.
@@ -98,6 +100,20 @@ class Daemon:
             await routes.repair()
             log.warning("routes.repaired", connection=a.connection, reason=a.reason)
 
+    async def _repair_interface(self, a: A.RepairInterface) -> None:
+        keeper = self.links.get(a.tunnel.connection)
+        t = keeper.tunnel(a.tunnel.tunnel) if keeper else None
+        if t is None:
+            return
+        from vpnd.links import LinkError
+        try:
+            await keeper.ensure(t)
+            log.warning("links.repaired", connection=a.tunnel.connection, tunnel=t.name,
+                        interface=t.interface)
+        except LinkError as err:
+            log.error("links.repair_failed", connection=a.tunnel.connection, tunnel=t.name,
+                      error=str(err))
+
     _active: dict[str, str | None] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -131,6 +147,8 @@ class Daemon:
                 await r.set_active(None, withdraw=True)
         for r in self.routes.values():
             await r.stop()
+        for k in self.links.values():
+            await k.stop()
         await self.charon.stop()
         for task in (reconciler, watchdog):
             task.cancel()
@@ -142,9 +160,19 @@ class Daemon:
         return f"{len(self.config.connections)} connection(s), {n} tunnel(s) supervised"
 
     async def _start_routes(self) -> None:
-        """Route mode: vpnd owns the remote networks' routes (adopted, never flapped at start)."""
+        """Tunnel interfaces first (route and bgp modes), then, in route mode, the routes:
+        vpnd owns the remote networks' routes (adopted, never flapped at start)."""
+        from vpnd.links import LinkKeeper, rp_filter_warnings
         from vpnd.routes import RouteController
 
+        for conn in self.config.connections:
+            if conn.routing == "policy":
+                continue
+            keeper = LinkKeeper(conn, netns=self.netns, on_event=self.sup.post)
+            await keeper.start()
+            self.links[conn.name] = keeper
+            for warning in rp_filter_warnings([t.interface for t in conn.tunnels]):
+                log.warning("links.rp_filter", connection=conn.name, problem=warning)
         for conn in self.config.connections:
             if conn.routing != "route":
                 continue
