@@ -122,7 +122,7 @@ def cmd_up(lab: Lab, backend: str, routing: str, *, with_vpnd: bool = True) -> i
         print("lab: `up` runs on this kernel; the vm backend runs whole scenarios (`vpnd lab demo --backend vm`).")
         backend = "libipsec"
     print(f"lab: backend {backend}, prefix {lab.prefix}, dir {lab.dir}")
-    opts = scenario.Options(backend=backend, routing=routing)
+    opts = scenario.default_options(backend, routing)
     t0 = time.monotonic()
     scenario.up(lab, opts)
     if with_vpnd:
@@ -156,7 +156,8 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
         print(msg, file=out, flush=True)
 
     ifs = [scenario.tunnel_ifname(backend, i) for i in range(2)]
-    opts = scenario.Options(backend=backend, routing=routing)
+    opts = scenario.default_options(backend, routing)
+    slow = 5.0 if scenario.emulated() else 1.0
     say(f"== 1. building the lab ({backend} backend): cgw, cloud (two IPsec addresses), lan, vpc")
     t0 = time.monotonic()
     config = scenario.up(lab, opts)
@@ -165,9 +166,9 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
         f"the cloud side loaded from `vpnd render peer` of the same TOML")
     say("== 2. starting vpnd in cgw: it loads charon over VICI, probes each tunnel, owns the routes")
     daemons.start_vpnd(lab, lab.dir / "vpnd.toml")
-    took = wait_until("both tunnels ESTABLISHED with CHILD SAs INSTALLED", lambda: both_established(lab), 60)
+    took = wait_until("both tunnels ESTABLISHED with CHILD SAs INSTALLED", lambda: both_established(lab), 60 * slow)
     say(f"   both tunnels established {took:.1f} s after vpnd started")
-    wait_until(f"vpnd's route via tunnel 1 ({ifs[0]})", lambda: active_interface(lab) == ifs[0], 30)
+    wait_until(f"vpnd's route via tunnel 1 ({ifs[0]})", lambda: active_interface(lab) == ifs[0], 30 * slow)
     print_status(lab, out)
     say(f"== 3. pinging {lab.plan.vpc_host} from lan every 10 ms; black-holing tunnel 1's data path "
         "(IKE stays up: DPD alone would never notice)")
@@ -176,7 +177,7 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     time.sleep(1.0)         # a second of clean traffic before the fault, for the record
     t_fault = time.monotonic()
     faults.blackhole(lab, 0, backend)
-    failover_s = wait_until(f"traffic moved to tunnel 2 ({ifs[1]})", lambda: active_interface(lab) == ifs[1], 30,
+    failover_s = wait_until(f"traffic moved to tunnel 2 ({ifs[1]})", lambda: active_interface(lab) == ifs[1], 30 * slow,
                             interval=0.005)
     say(f"   vpnd moved the route to tunnel 2 after {failover_s * 1000:.0f} ms "
         f"(probes every {opts.interval * 1000:.0f} ms, {opts.retries} retries)")
@@ -187,7 +188,7 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     say(f"== 4. repairing tunnel 1; vpnd moves back after it has been healthy for {opts.preempt_delay:.0f} s")
     pinger2 = Pinger(lab, duration=120)
     faults.repair(lab)
-    back_s = wait_until(f"traffic back on tunnel 1 ({ifs[0]})", lambda: active_interface(lab) == ifs[0], 60,
+    back_s = wait_until(f"traffic back on tunnel 1 ({ifs[0]})", lambda: active_interface(lab) == ifs[0], 60 * slow,
                         interval=0.01)
     time.sleep(0.5)
     report2 = pinger2.stop()
@@ -205,9 +206,17 @@ def cmd_demo(lab: Lab, backend: str, routing: str) -> int:
 
         print("lab: this kernel lacks XFRM interfaces and ESP: running the demo on Debian's kernel "
               "in a QEMU guest (software emulation: timings are slow, compare ratios)", flush=True)
+        import shlex
+
         vm.ensure_guest_kernel()
-        result = vm.run_vpnd_in_guest(["lab", "demo", "--backend", "native", "--prefix", lab.prefix],
-                                      timeout=900)
+        # The guest inherits nothing: PYTHONPATH, PATH and a lab root on the guest's tmpfs
+        # (unix sockets cannot live on its 9p root).
+        env = dict(vm.project_env(), VPND_LAB_ROOT="/dev/shm/vpnd-lab", VPND_LAB_EMULATED="1")
+        cmd = shlex.join(["python", "-m", "vpnd", "lab", "demo", "--backend", "native",
+                          "--routing", routing, "--prefix", lab.prefix])
+        result = vm.run_in_guest(cmd, timeout=900, env=env, cwd=vm.PROJECT_ROOT, stream=sys.stdout)
+        if result.timed_out:
+            print("lab: the guest did not finish in 900 s", file=sys.stderr)
         return result.returncode
     t0 = time.monotonic()
     try:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from vpnd.lab.topology import Lab, LabError
+from vpnd.lab.topology import Lab, LabError, cmdline
 
 CHARON = "/usr/lib/ipsec/charon"
 
@@ -87,8 +87,16 @@ def start_vpnd(lab: Lab, config: Path, *, extra_env: dict[str, str] | None = Non
         ["ip", "netns", "exec", lab.ns("cgw"), sys.executable, "-m", "vpnd", "run", "-c", str(config)],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         start_new_session=True)
+    # Record the command line vpnd runs under, not the `ip netns exec` it started as: a
+    # later `down` kills only pids whose command line still matches.
+    deadline = time.monotonic() + 10
+    while not cmdline(proc.pid).startswith(sys.executable) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"vpnd exited at once: see {lab.dir / 'vpnd.log'}")
+        time.sleep(0.005)
     lab.record("vpnd", proc.pid)
     return proc.pid
+
 
 
 def wait_for_socket(path: Path, timeout: float, *, alive=lambda: True, what: str = "daemon") -> None:

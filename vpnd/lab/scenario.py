@@ -34,11 +34,25 @@ class Options:
     backend: str = "libipsec"          # libipsec | native
     routing: str = "route"             # route | policy
     interval: float = 0.1              # probe interval (s)
+    timeout: float | None = None       # probe timeout (s); None: the interval
     retries: int = 3
     preempt_delay: float = 3.0
     dpd_delay: int = 10
     cloud_psk: tuple[str, str] | None = None     # a different cloud PSK: phase 1 must fail
     cloud_esp: str | None = None                  # a different cloud ESP cipher: phase 2 must fail
+
+
+def emulated() -> bool:
+    """Inside the vm backend's guest everything runs under software emulation (TCG): RTTs of
+    a few hundred ms are normal there, so probes get room and waits get longer."""
+    import os
+    return os.environ.get("VPND_LAB_EMULATED") == "1"
+
+
+def default_options(backend: str, routing: str) -> Options:
+    if emulated():
+        return Options(backend=backend, routing=routing, interval=0.25, timeout=1.0)
+    return Options(backend=backend, routing=routing)
 
 
 def tunnel_ifname(backend: str, i: int) -> str:
@@ -88,7 +102,7 @@ dpd_delay = {opts.dpd_delay}
 destination = "{p.vpc_host}"
 source = "{p.cgw_lan}"
 interval = {opts.interval}
-retries = {opts.retries}
+retries = {opts.retries}{"" if opts.timeout is None else chr(10) + "timeout = " + str(opts.timeout)}
 
 [connection.failover]
 preempt_delay = {opts.preempt_delay}

@@ -71,7 +71,7 @@ class Lab:
 
     def record(self, name: str, pid: int) -> None:
         data = self.recorded()
-        data[name] = {"pid": pid, "cmdline": _cmdline(pid)}
+        data[name] = {"pid": pid, "cmdline": cmdline(pid)}
         self._pids_file().write_text(json.dumps(data))
 
     def forget(self, name: str) -> None:
@@ -90,7 +90,7 @@ class Lab:
         alive = {}
         for name, rec in self.recorded().items():
             pid = rec["pid"]
-            if _cmdline(pid) and _cmdline(pid) == rec["cmdline"]:
+            if cmdline(pid) and cmdline(pid) == rec["cmdline"]:
                 try:
                     os.kill(pid, signal.SIGTERM)
                     alive[name] = pid
@@ -165,7 +165,7 @@ class Lab:
         self.ip(b, "link", "set", b_if, "up")
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
