@@ -89,9 +89,10 @@ class Daemon:
         routes = self.routes.get(a.connection)
         if routes is not None:
             t0 = time.perf_counter()
-            await routes.set_active(a.tunnel, withdraw=a.withdraw)
-            log.info("routes.switched", connection=a.connection, active=a.tunnel,
-                     reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
+            writes = await routes.set_active(a.tunnel, withdraw=a.withdraw)
+            if writes:
+                log.info("routes.switched", connection=a.connection, active=a.tunnel, writes=writes,
+                         reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
 
     async def _repair_routes(self, a: A.RepairRoutes) -> None:
         routes = self.routes.get(a.connection)

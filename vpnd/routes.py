@@ -139,22 +139,20 @@ class RouteController:
 
     # --- writes ----------------------------------------------------------------------------
 
-    async def set_active(self, tunnel: str | None, *, withdraw: bool = False) -> None:
+    async def set_active(self, tunnel: str | None, *, withdraw: bool = False) -> int:
+        """Returns the netlink writes it took (0 when the kernel was already right)."""
         async with self._lock:
             if withdraw or tunnel is None:
                 self.active, self.withdrawn = None, True
-                for r in await self.kernel_routes():
-                    await self._write("del", r)
-                return
+                return sum([await self._write("del", r) for r in await self.kernel_routes()])
             self.withdrawn = False
             old = self.active
             self.active = tunnel
             if old == tunnel:
-                await self._converge()
-                return
+                return await self._converge()
             # Preferred metric first (traffic moves), then the standby metric.
-            for r in sorted(desired_routes(self.conn, tunnel), key=lambda r: r.metric):
-                await self._write("replace", r)
+            return sum([await self._write("replace", r)
+                        for r in sorted(desired_routes(self.conn, tunnel), key=lambda r: r.metric)])
 
     async def repair(self) -> int:
         """Make the kernel match the desired routes; returns how many writes that took."""
