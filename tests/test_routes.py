@@ -58,7 +58,7 @@ def kernel(ns: str) -> set[tuple[str, str, str]]:
     return out
 
 
-async def until(pred, timeout=5.0):
+async def until(pred, timeout=20.0):
     """A bounded poll: the kernel applies netlink writes at once, events arrive soon after."""
     deadline = time.monotonic() + timeout
     while not pred():

@@ -49,7 +49,7 @@ def test_charon_killed_and_restarted(make_lab):
     lab.wait_event("tunnel.state_changed", tunnel="tunnel2", to="established")
     lab.wait_event("tunnel.state_changed", tunnel="tunnel1", to="established")
     daemons.stop(lab.lab, "charon-cgw", sig=signal.SIGKILL)
-    lab.wait_event("vici.connection_closed", timeout=10)
+    lab.wait_event("vici.connection_closed", timeout=30)
     daemons.start_charon(lab.lab, "cgw", libipsec=True)
     lab.wait_event("vici.connected", after=1, timeout=30)
     lab.wait_event("charon.config_applied", after=1)
