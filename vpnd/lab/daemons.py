@@ -21,15 +21,18 @@ from vpnd.lab.topology import Lab, LabError, cmdline
 CHARON = "/usr/lib/ipsec/charon"
 
 
-def strongswan_conf(vici: Path, *, libipsec: bool, log: Path) -> str:
+def strongswan_conf(vici: Path, *, libipsec: bool, log: Path, fast_retransmits: bool = True) -> str:
     """libipsec: userspace ESP over TUN (no kernel ESP here). Otherwise kernel-netlink, with
-    routes left to vpnd (install_routes = no) as on a real gateway with XFRM interfaces."""
+    routes left to vpnd (install_routes = no) as on a real gateway with XFRM interfaces.
+    Fast retransmits (1 s, 2 tries) keep lab failures quick; under emulation they would give
+    up on a slow but live peer, so charon's defaults are kept there."""
     plugins = ("  kernel-libipsec {\n   load = 20\n  }\n" if libipsec
                else "  kernel-libipsec {\n   load = no\n  }\n")
     return (
         "charon {\n load_modular = yes\n"
         f" install_routes = {'yes' if libipsec else 'no'}\n"
-        " retransmit_timeout = 1.0\n retransmit_tries = 2\n retransmit_base = 1.0\n"
+        + (" retransmit_timeout = 1.0\n retransmit_tries = 2\n retransmit_base = 1.0\n"
+           if fast_retransmits else "") +
         " plugins {\n  include /etc/strongswan.d/charon/*.conf\n" + plugins +
         f"  vici {{\n   socket = unix://{vici}\n  }}\n }}\n"
         f" filelog {{\n  lab {{\n   path = {log}\n   time_format = %H:%M:%S\n   default = 1\n   ike = 2\n  }}\n }}\n"
@@ -47,7 +50,9 @@ def start_charon(lab: Lab, role: str, *, libipsec: bool, timeout: float = 20.0) 
     if sock.exists():
         sock.unlink()
     conf = work / "strongswan.conf"
-    conf.write_text(strongswan_conf(sock, libipsec=libipsec, log=lab.dir / f"charon-{role}.log"))
+    import os
+    conf.write_text(strongswan_conf(sock, libipsec=libipsec, log=lab.dir / f"charon-{role}.log",
+                                    fast_retransmits=os.environ.get("VPND_LAB_EMULATED") != "1"))
     out = open(lab.dir / f"charon-{role}.out", "ab")
     proc = subprocess.Popen(
         ["ip", "netns", "exec", lab.ns(role), "unshare", "-m", "--propagation", "private", "sh", "-c",

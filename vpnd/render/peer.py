@@ -48,7 +48,7 @@ def peer_vici_conn(conn: ConnectionConfig, tunnel: TunnelConfig, if_id: int | No
     """One mirrored load-conn body: addresses, ids and traffic selectors swapped; a responder
     that never initiates (start_action none) and clears on DPD (dpd_action clear)."""
     local_ts, remote_ts = traffic_selectors(conn, tunnel)
-    return build_conn(
+    body = build_conn(
         conn, peer_conn_name(conn.name, tunnel.name),
         local_addr=str(tunnel.remote_address), remote_addr=str(tunnel.local_address),
         local_id=tunnel.remote_id, remote_id=tunnel.local_id,
@@ -56,6 +56,13 @@ def peer_vici_conn(conn: ConnectionConfig, tunnel: TunnelConfig, if_id: int | No
         if_id=if_id,
         priority=tunnel_index(conn, tunnel) + 1 if conn.routing == "policy" else None,
     )
+    # The cloud keeps one SA pair per tunnel: a new IKE SA from the same customer replaces
+    # the old one (a retry that raced a slow answer must not leave a stale SA carrying the
+    # replies). Safe only while each tunnel's identity pair is its own.
+    pairs = [(t.local_id, t.remote_id) for t in conn.tunnels]
+    if len(set(pairs)) == len(pairs):
+        body["unique"] = "replace"
+    return body
 
 
 def peer_vici_conns(conn: ConnectionConfig, *, if_ids: dict[str, int] | None = None) -> dict[str, dict]:
