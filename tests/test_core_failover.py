@@ -374,3 +374,29 @@ def test_bgp_both_failing_withdraw_shuts_every_failing_session():
         (5, down("t2"), [nb("t2", False)]),
         (6, down("t1"), [act(None, "withdrawing", withdraw=True), nb("t1", False)]),
     ], start=BGP_START)
+
+
+# --- start-up: the preferred tunnel gets a moment to answer ------------------------------
+
+BOTH_UP = [(0.0, CharonConnected(), ANY), (0.0, SaSnapshot(()), ANY),
+           (0.1, up("t1"), []), (0.1, up("t2"), [])]
+
+
+def test_startup_waits_briefly_for_the_preferred_tunnel():
+    # Default interval 3 s x (3 retries + 1) is capped at 10 s of grace.
+    run(connection(**FAST), [
+        (0.2, ok("t2"), []),                                   # t2 answers first: wait
+        (0.4, ok("t1"), [act("t1", "t1 usable")]),             # t1 answers: it wins at once
+    ], start=BOTH_UP)
+
+
+def test_startup_takes_the_other_tunnel_when_the_grace_runs_out():
+    engine = run(connection(**FAST), [(0.2, ok("t2"), [])], start=BOTH_UP)
+    assert engine.next_deadline == pytest.approx(10.2)
+    actions, _ = engine.handle(Tick(), 10.2)
+    assert [(a.tunnel, a.reason) for a in actions if isinstance(a, SetActive)] == [("t2", "t2 usable")]
+
+
+def test_startup_does_not_wait_for_a_preferred_tunnel_that_is_not_up():
+    start = [(0.0, CharonConnected(), ANY), (0.0, SaSnapshot(()), ANY), (0.1, up("t2"), [])]
+    run(connection(**FAST), [(0.2, ok("t2"), [act("t2", "t2 usable")])], start=start)

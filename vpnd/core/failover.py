@@ -251,6 +251,14 @@ def _switch(c: Connection, to: str, kind: str, reason: str, now: float,
                       switches=switches, reason=reason, deadline=None)
 
 
+def _startup_grace(cfg: ConnectionConfig) -> float:
+    """How long the first choice waits for the preferred tunnel's first answers."""
+    hc = cfg.health_check
+    if hc is None:
+        return 0.0
+    return min(10.0, max(0.5, hc.interval * (hc.retries + 1)))
+
+
 def _damping_release(c: Connection, limit: int, now: float) -> float | None:
     """When fewer than `limit` switches are left in the window (now if already); None: never."""
     if limit <= 0:
@@ -300,8 +308,18 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
                 out.append(SetActive(c.name, cur, reason))
                 c = c._replace(both_down=True, reason=reason)
     elif cur is None:
-        reason = (f"{best} recovered, routes restored" if c.both_down else f"{best} usable")
-        c = _switch(c, best, FORCED, reason, now, out)
+        preferred = c.tunnels[0]
+        p = by_name[preferred]
+        grace_until = by_name[best].since + _startup_grace(cfg)
+        if (c.last_switch is None and not c.both_down and best != preferred and not p.drained
+                and p.established and not p.usable and now < grace_until):
+            # Start-up: tunnel 1 is up but its first probes are still in flight; taking
+            # tunnel 2 now would only mean a preempt back later.
+            c = c._replace(deadline=grace_until,
+                           reason=f"{best} usable; waiting for preferred {preferred} to answer")
+        else:
+            reason = (f"{best} recovered, routes restored" if c.both_down else f"{best} usable")
+            c = _switch(c, best, FORCED, reason, now, out)
     elif not by_name[cur].usable:
         c = _switch(c, best, FORCED, f"{cur}: {by_name[cur].why}: switched to {best}", now, out)
     elif by_name[cur].drained and not by_name[best].drained:
