@@ -15,8 +15,11 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
-from vpnd.config.model import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vpnd.config.model import (  # noqa: E402
     Config, ConnectionConfig, DaemonConfig, FailoverConfig, HealthCheckConfig, Secret,
     TunnelConfig,
 )
