@@ -231,7 +231,11 @@ class RouteController:
     async def _check(self, why: str) -> None:
         if self.active is None:
             return
-        fixed = await self.repair()
+        try:
+            fixed = await self.repair()
+        except RouteError as err:   # e.g. a re-created interface not up yet: its link-up retries
+            log.warning("routes.repair_deferred", connection=self.conn.name, cause=why, error=str(err))
+            return
         if fixed:
             self.repairs += 1
             log.warning("routes.restored", connection=self.conn.name, cause=why, writes=fixed)
