@@ -75,6 +75,9 @@ class Checker:
 
     def feed(self, event, now):
         e = self.engine
+        # As the supervisor does: time never passes a deadline without its Tick.
+        while not isinstance(event, Tick) and e.next_deadline is not None and e.next_deadline < now:
+            self.feed(Tick(), max(e.next_deadline, self.now))
         assert now >= self.now
         self.now = now
         before_tunnels = dict(e.tunnels)
@@ -106,7 +109,11 @@ class Checker:
         if after.active is not None and not self.usable(after.active):
             assert not any_usable
             assert self.cfg.failover.both_down == "keep"
-        if any_usable:
+        if any_usable and after.active is None:
+            # the one exception: the start-up grace, a bounded wait for the preferred tunnel
+            assert after.last_switch is None and after.deadline is not None and after.deadline >= now
+            assert "waiting for preferred" in after.reason
+        elif any_usable:
             assert after.active is not None and self.usable(after.active)
             h = after.of(after.active)
             if h.drained:       # drained only while no undrained tunnel is usable

@@ -105,3 +105,18 @@ def test_black_hole_stops_only_its_own_tunnel(make_lab):
     faults.repair(lab.lab)
     wait_until("tunnel 1 carries again", lambda: lab.lab.exec(
         "cgw", "ping", "-c", "1", "-W", "1", "-I", "vxlan1", "169.254.10.1", check=False).returncode == 0, 10)
+
+
+def test_bgp_over_both_tunnels(make_lab):
+    from vpnd.lab import frr
+    if not frr.available():
+        pytest.skip("FRR is not installed")
+    lab = make_lab(routing="bgp")
+    lab.start_vpnd()
+    wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
+    wait_until("both BGP sessions Established over the tunnels",
+               lambda: frr.established_peers(lab.lab, "cgw") == {"169.254.10.1", "169.254.20.1"}, 45,
+               interval=0.2)
+    wait_until("the VPC prefix learned and installed by zebra",
+               lambda: "192.168.0.0/16" in lab.lab.ip("cgw", "route", "show", "proto", "bgp").stdout, 20,
+               interval=0.2)

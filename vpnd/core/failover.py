@@ -252,11 +252,11 @@ def _switch(c: Connection, to: str, kind: str, reason: str, now: float,
 
 
 def _startup_grace(cfg: ConnectionConfig) -> float:
-    """How long the first choice waits for the preferred tunnel's first answers."""
+    """The longest the first choice waits for the preferred tunnel's first verdict."""
     hc = cfg.health_check
     if hc is None:
         return 0.0
-    return min(10.0, max(0.5, hc.interval * (hc.retries + 1)))
+    return min(10.0, max(2.0, hc.interval * (hc.retries + 1)))
 
 
 def _damping_release(c: Connection, limit: int, now: float) -> float | None:
@@ -312,9 +312,11 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
         p = by_name[preferred]
         grace_until = by_name[best].since + _startup_grace(cfg)
         if (c.last_switch is None and not c.both_down and best != preferred and not p.drained
-                and p.established and not p.usable and now < grace_until):
-            # Start-up: tunnel 1 is up but its first probes are still in flight; taking
-            # tunnel 2 now would only mean a preempt back later.
+                and not p.answered and p.losses == 0 and now < grace_until):
+            # Start-up: tunnel 1 has no verdict yet (its CHILD SA or first probe answer is
+            # on its way; probes run regardless, so a dead tunnel 1 gives a loss within one
+            # probe timeout); taking tunnel 2 now would only mean a preempt back later, and
+            # after a vpnd restart a route flap. Bounded by _startup_grace.
             c = c._replace(deadline=grace_until,
                            reason=f"{best} usable; waiting for preferred {preferred} to answer")
         else:

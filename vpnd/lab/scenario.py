@@ -83,6 +83,11 @@ def write_config(lab: Lab, opts: Options) -> Path:
             t += ['interface_kind = "existing"', f'local_ts = ["{ours}/32"]', f'remote_ts = ["{theirs}/32"]']
         else:
             t += ['underlay = "wan0"']
+        if opts.routing == "bgp":
+            inner_ours, inner_theirs = p.inner[i]
+            net = inner_ours.rsplit(".", 1)[0] + ".0/30"
+            t += ["[connection.tunnel.bgp]", f'tunnel_cidr = "{net}"', f'local_ip = "{inner_ours}"',
+                  f'peer_ip = "{inner_theirs}"']
         tunnels.append("\n".join(t))
     text = f"""# written by `vpnd lab` for lab {lab.prefix} ({opts.backend} backend)
 [daemon]
@@ -107,8 +112,13 @@ retries = {opts.retries}{"" if opts.timeout is None else chr(10) + "timeout = " 
 [connection.failover]
 preempt_delay = {opts.preempt_delay}
 hold_down = 1.0
-
-""" + "\n\n".join(tunnels) + "\n"
+""" + ("""
+[connection.bgp]
+local_asn = 65530
+peer_asn = 45104
+keepalive = 1
+hold = 3
+""" if opts.routing == "bgp" else "") + "\n" + "\n\n".join(tunnels) + "\n"
     path = lab.dir / "vpnd.toml"
     path.write_text(text)
     path.chmod(0o600)
@@ -206,7 +216,8 @@ def nft(lab: Lab, role: str, ruleset: str) -> None:
 
 
 def up(lab: Lab, opts: Options) -> Config:
-    """Namespaces, charons, overlays and the cloud side; vpnd itself is started separately."""
+    """Namespaces, charons, overlays and the cloud side (FRR too in bgp routing); vpnd itself
+    is started separately."""
     lab.build()
     path = write_config(lab, opts)
     config = load_file(path)
@@ -214,4 +225,21 @@ def up(lab: Lab, opts: Options) -> Config:
         daemons.start_charon(lab, role, libipsec=opts.backend == "libipsec")
     build_overlay(lab, config, opts)
     load_cloud(lab, config, opts)
+    if opts.routing == "bgp":
+        start_bgp(lab, config)
     return config
+
+
+def start_bgp(lab: Lab, config: Config) -> None:
+    """FRR in both gateways: the cloud from `peer_frr` of the same TOML. Our side gets
+    `vpnd render frr` applied with vtysh until vpnd drives FRR itself (the BGP mode issue)."""
+    from vpnd.lab import frr
+    from vpnd.render import frr as render_frr
+    from vpnd.render import peer
+
+    if not frr.available():
+        raise LabError("FRR is not installed (scripts/bootstrap installs it)")
+    for role in ("cgw", "cloud"):
+        frr.start(lab, role)
+    frr.apply(lab, "cloud", peer.peer_frr(config.connections[0]).text())
+    frr.apply(lab, "cgw", render_frr.frr_config(config).text())

@@ -116,7 +116,9 @@ class Lab:
     def build(self) -> None:
         self.destroy()                      # a previous crashed run with this prefix
         self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        # Traversable but not listable: FRR drops to user frr and needs its vty dir in here;
+        # the PSK files are 0600.
+        os.chmod(self.dir, 0o711)
         p = self.plan
         for role in ROLES:
             sh("ip", "netns", "add", self.ns(role))
