@@ -92,5 +92,9 @@ def make_lab():
         return running
 
     yield make
+    keep = Path(os.environ.get("VPND_TEST_LOGS", "/tmp/vpnd-test-logs"))
     for running in labs:
+        if running.log.exists():        # for the post-mortem of a failed run
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(running.log, keep / f"{running.lab.prefix}.log")
         running.lab.destroy()

@@ -397,7 +397,11 @@ def test_startup_takes_the_other_tunnel_when_the_grace_runs_out():
     assert [(a.tunnel, a.reason) for a in actions if isinstance(a, SetActive)] == [("t2", "t2 usable")]
 
 
-def test_startup_stops_waiting_at_the_preferred_tunnels_first_loss():
+def test_startup_stops_waiting_at_the_preferred_tunnels_first_verdict():
     start = [(0.0, CharonConnected(), ANY), (0.0, SaSnapshot(()), ANY), (0.1, up("t2"), [])]
     run(connection(**FAST), [(0.2, ok("t2"), []),              # t1 not even up: wait briefly
-                             (0.5, loss("t1"), [act("t2", "t2 usable")])], start=start)
+                             (0.3, loss("t1"), []),            # lost before its SA: no verdict
+                             (0.4, up("t1"), []),
+                             (0.6, loss("t1"), []),            # one loss may race the SA
+                             (0.7, loss("t1"), []),
+                             (0.8, loss("t1"), [act("t2", "t2 usable")])], start=start)

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.lab
 def ready(lab):
     lab.start_vpnd()
     wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
-    wait_until("route on tunnel 1", lambda: active_interface(lab.lab) == "vxlan1", 20)
+    wait_until("route on tunnel 1", lambda: active_interface(lab.lab) == "vxlan1",
+               lab.opts.preempt_delay + 20)
 
 
 def test_black_hole_moves_traffic_and_preempt_brings_it_back(make_lab):
@@ -40,7 +41,7 @@ def test_black_hole_moves_traffic_and_preempt_brings_it_back(make_lab):
 
 
 def test_ike_sa_killed_switches_at_once(make_lab):
-    lab = make_lab(preempt_delay=30.0)
+    lab = make_lab(preempt_delay=5.0)
     ready(lab)
     faults.terminate_ike(lab.lab, "vpc1", "tunnel1")
     wait_until("failover to tunnel 2", lambda: active_interface(lab.lab) == "vxlan2", 15, interval=0.005)

@@ -101,6 +101,7 @@ class Health(NamedTuple):
     since: float | None = None      # usable continuously since
     why: str = "CHILD SA not installed"   # why not usable; "" when usable
     neighbor: bool = True           # the last SetBgpNeighbor sent (rendered: enabled)
+    lost_up: int = 0                # consecutive losses while its CHILD SA was installed
 
 
 class Connection(NamedTuple):
@@ -178,8 +179,8 @@ def _assess(h: Health, cfg: ConnectionConfig, now: float) -> Health:
 def _probe(h: Health, ev: ProbeResult) -> Health:
     window = (h.window + ((ev.ok, ev.rtt),))[-WINDOW:]
     if ev.ok:
-        return h._replace(answered=True, losses=0, fail_at=None, window=window)
-    return h._replace(losses=h.losses + 1, window=window)
+        return h._replace(answered=True, losses=0, fail_at=None, window=window, lost_up=0)
+    return h._replace(losses=h.losses + 1, window=window, lost_up=h.lost_up + h.established)
 
 
 # --- the decision --------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
             h = _probe(h, event)
         elif typ is TunnelChanged:
             h = h._replace(established=event.established,
-                        seen_up=h.seen_up or event.established)
+                           seen_up=h.seen_up or event.established)
         elif typ is CharonAlert:
             fail_at = h.losses + 1
             h = h._replace(fail_at=fail_at if h.fail_at is None else min(h.fail_at, fail_at))
@@ -249,6 +250,10 @@ def _switch(c: Connection, to: str, kind: str, reason: str, now: float,
     out.append(SetActive(c.name, to, reason))
     return c._replace(active=to, both_down=False, last_switch=now, last_kind=kind,
                       switches=switches, reason=reason, deadline=None)
+
+
+def _retries(cfg: ConnectionConfig) -> int:
+    return cfg.health_check.retries if cfg.health_check is not None else 1
 
 
 def _startup_grace(cfg: ConnectionConfig) -> float:
@@ -312,11 +317,12 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
         p = by_name[preferred]
         grace_until = by_name[best].since + _startup_grace(cfg)
         if (c.last_switch is None and not c.both_down and best != preferred and not p.drained
-                and not p.answered and p.losses == 0 and now < grace_until):
-            # Start-up: tunnel 1 has no verdict yet (its CHILD SA or first probe answer is
-            # on its way; probes run regardless, so a dead tunnel 1 gives a loss within one
-            # probe timeout); taking tunnel 2 now would only mean a preempt back later, and
-            # after a vpnd restart a route flap. Bounded by _startup_grace.
+                and not p.answered and p.lost_up < _retries(cfg) and now < grace_until):
+            # Start-up: tunnel 1 has no verdict yet: neither an answer nor `retries` losses
+            # while its CHILD SA is installed (its SA or first answer is on its way; the very
+            # first probe may race the SA's route). Taking tunnel 2 now would only mean a
+            # preempt back later, and after a vpnd restart a route flap. Bounded by
+            # _startup_grace.
             c = c._replace(deadline=grace_until,
                            reason=f"{best} usable; waiting for preferred {preferred} to answer")
         else:

@@ -144,6 +144,11 @@ def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
                 lab.ip(role, "addr", "add", f"{addr}/30", "dev", dev)
             # vpnd's routes are device routes (as on XFRM interfaces): the cloud answers ARP.
             lab.sysctl("cloud", f"net.ipv4.conf.vxlan{i + 1}.proxy_arp", "1")
+            # Linux delays proxy ARP answers by up to 0.8 s by default; the cloud doesn't.
+            lab.sysctl("cloud", f"net.ipv4.neigh.vxlan{i + 1}.proxy_delay", "0")
+            # XFRM interfaces need no ARP; the VXLAN stand-ins do, and an ARP request sent
+            # before the SA existed would be retried only after 1 s.
+            lab.sysctl("cgw", f"net.ipv4.neigh.vxlan{i + 1}.retrans_time_ms", "100")
     else:
         for i in range(2):
             dev = f"cloud{i}"
