@@ -18,7 +18,7 @@ from typing import Any, Callable
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from vpnd import logs
+from vpnd import logs, netlink
 from vpnd.config.model import ConnectionConfig, TunnelConfig
 from vpnd.core.events import InterfaceLost, TunnelKey
 
@@ -49,10 +49,11 @@ class LinkKeeper:
         self._by_name = {t.interface: t for t in conn.tunnels}
 
     async def start(self) -> None:
-        self._ipr = await self._open()
-        events = await self._open()
-        await events.bind(groups=RTMGRP_LINK)
-        self._watch = asyncio.create_task(self._watch_links(events), name=f"links-{self.conn.name}")
+        self._ipr = await netlink.open_rtnl(self.netns)
+        events = await netlink.subscribe(self.netns, RTMGRP_LINK)
+        self._watch = asyncio.create_task(
+            netlink.watch(events, self.netns, RTMGRP_LINK, self._on_message, self._overrun),
+            name=f"links-{self.conn.name}")
         for t in self.conn.tunnels:
             try:
                 await self.ensure(t)
@@ -66,11 +67,6 @@ class LinkKeeper:
             await asyncio.gather(self._watch, return_exceptions=True)
         if self._ipr is not None:
             self._ipr.close()
-
-    async def _open(self) -> AsyncIPRoute:
-        ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
-        await ipr.setup_endpoint()
-        return ipr
 
     def tunnel(self, name: str) -> TunnelConfig | None:
         return next((t for t in self.conn.tunnels if t.name == name), None)
@@ -119,28 +115,18 @@ class LinkKeeper:
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise LinkError(f"address {t.bgp.local_ip} on {t.interface}: {exc}") from exc
 
-    async def _watch_links(self, events: AsyncIPRoute) -> None:
-        while True:
-            try:
-                async for m in events.get():
-                    if m.get("event") == "RTM_DELLINK":
-                        t = self._by_name.get(m.get("ifname"))
-                        if t is not None:
-                            log.warning("links.lost", interface=t.interface, tunnel=t.name)
-                            self.on_event(InterfaceLost(TunnelKey(self.conn.name, t.name), t.interface))
-            except asyncio.CancelledError:
-                events.close()
-                raise
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                events.close()
-                events = await self._open()
-                await events.bind(groups=RTMGRP_LINK)
-                for t in self.conn.tunnels:      # whatever was missed: check them all
-                    if await self._index(t.interface) is None:
-                        self.on_event(InterfaceLost(TunnelKey(self.conn.name, t.name), t.interface))
+    async def _on_message(self, m: Any) -> None:
+        if m.get("event") == "RTM_DELLINK":
+            t = self._by_name.get(m.get("ifname"))
+            if t is not None:
+                log.warning("links.lost", interface=t.interface, tunnel=t.name)
+                self.on_event(InterfaceLost(TunnelKey(self.conn.name, t.name), t.interface))
 
+    async def _overrun(self) -> None:
+        """Link events were dropped: whatever went missing meanwhile is reported now."""
+        for t in self.conn.tunnels:
+            if await self._index(t.interface) is None:
+                self.on_event(InterfaceLost(TunnelKey(self.conn.name, t.name), t.interface))
 
 def rp_filter_warnings(interfaces: list[str], proc: Path = Path("/proc/sys/net/ipv4/conf")) -> list[str]:
     """Strict reverse-path filtering drops replies that come back on the other tunnel while

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
-from vpnd import logs
+from vpnd import logs, netlink
 from vpnd.config.model import ConnectionConfig
 from vpnd.core.events import OwnedRouteLost
 
@@ -79,10 +79,12 @@ class RouteController:
 
     async def start(self) -> None:
         """Subscribe first, then read the kernel's state and adopt it."""
-        self._ipr = await self._open()
-        events = await self._open()
-        await events.bind(groups=RTMGRP_IPV4_ROUTE | RTMGRP_LINK)
-        self._watch = asyncio.create_task(self._watch_events(events), name=f"routes-{self.conn.name}")
+        self._ipr = await netlink.open_rtnl(self.netns)
+        groups = RTMGRP_IPV4_ROUTE | RTMGRP_LINK
+        events = await netlink.subscribe(self.netns, groups)
+        self._watch = asyncio.create_task(
+            netlink.watch(events, self.netns, groups, self._on_message, self._overrun),
+            name=f"routes-{self.conn.name}")
         await self._refresh_links()
         present = await self.kernel_routes()
         self.active = self._infer_active(present)
@@ -97,12 +99,6 @@ class RouteController:
             await asyncio.gather(self._watch, return_exceptions=True)
         if self._ipr is not None:
             self._ipr.close()
-
-    async def _open(self) -> AsyncIPRoute:
-        # flags=0: never create a namespace that a typo named.
-        ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
-        await ipr.setup_endpoint()
-        return ipr
 
     # --- the kernel's view -----------------------------------------------------------------
 
@@ -194,23 +190,9 @@ class RouteController:
 
     # --- watching --------------------------------------------------------------------------
 
-    async def _watch_events(self, events: AsyncIPRoute) -> None:
-        while True:
-            try:
-                async for m in events.get():
-                    await self._on_message(m)
-            except asyncio.CancelledError:
-                events.close()
-                raise
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                # The kernel dropped events: reopen and converge on a full dump.
-                log.warning("routes.netlink_overrun", connection=self.conn.name)
-                events.close()
-                events = await self._open()
-                await events.bind(groups=RTMGRP_IPV4_ROUTE | RTMGRP_LINK)
-                await self._check("netlink overrun")
+    async def _overrun(self) -> None:
+        log.warning("routes.netlink_overrun", connection=self.conn.name)
+        await self._check("netlink overrun")
 
     async def _on_message(self, m: Any) -> None:
         kind = m.get("event")

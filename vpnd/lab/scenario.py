@@ -128,7 +128,6 @@ hold = 3
 def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
     """Per backend: what carries each tunnel's traffic, on both sides."""
     p = lab.plan
-    conn = config.connections[0]
     if opts.backend == "libipsec":
         for i in range(2):
             ours, theirs = p.endpoints[i]
@@ -187,7 +186,6 @@ def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
  }}
 }}
 """)
-    del conn
 
 
 def load_cloud(lab: Lab, config: Config, opts: Options) -> None:
