@@ -9,7 +9,7 @@ native backend it is everything through the cloud's XFRM interface of that tunne
 from __future__ import annotations
 
 from vpnd.lab import daemons
-from vpnd.lab.topology import Lab, sh
+from vpnd.lab.topology import Lab, LabError, sh
 
 
 def blackhole(lab: Lab, tunnel: int, backend: str) -> None:
@@ -34,3 +34,23 @@ def terminate_ike(lab: Lab, connection: str, tunnel: str) -> None:
 
 def remove_cloud_address(lab: Lab, tunnel: int) -> None:
     lab.ip("cloud", "addr", "del", f"{lab.plan.cloud_wan[tunnel]}/24", "dev", "wan0")
+
+
+def netem(lab: Lab, tunnel: int, backend: str, *, delay_ms: float = 0.0, loss_percent: float = 0.0) -> None:
+    """Latency and/or loss on tunnel n's traffic in the cloud (needs sch_netem: the vm
+    backend's Debian kernel has it, this host's kernel may not: LabError then says so)."""
+    dev = f"vxlan{tunnel + 1}" if backend == "libipsec" else f"cloud{tunnel}"
+    args = ["qdisc", "replace", "dev", dev, "root", "netem"]
+    if delay_ms:
+        args += ["delay", f"{delay_ms}ms"]
+    if loss_percent:
+        args += ["loss", f"{loss_percent}%"]
+    r = lab.exec("cloud", "tc", *args, check=False)
+    if r.returncode != 0:
+        raise LabError(f"netem on {dev}: {(r.stderr or r.stdout).strip()} "
+                       "(this kernel lacks sch_netem; the vm backend's kernel has it)")
+
+
+def clear_netem(lab: Lab, tunnel: int, backend: str) -> None:
+    dev = f"vxlan{tunnel + 1}" if backend == "libipsec" else f"cloud{tunnel}"
+    lab.exec("cloud", "tc", "qdisc", "del", "dev", dev, "root", check=False)
