@@ -192,9 +192,20 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     report2 = pinger2.stop()
     say(f"   back on tunnel 1 {back_s:.1f} s after the repair; LAN->VPC meanwhile: {report2.line()}")
     print_status(lab, out)
+    recreated_s = None
+    if backend == "native":
+        say(f"== 5. someone deletes tunnel 2's XFRM interface ({ifs[1]}); vpnd puts it back")
+        lab.ip("cgw", "link", "del", ifs[1])
+        recreated_s = wait_until(f"{ifs[1]} re-created with if_id 43 and its route back", lambda: (
+            "if_id 0x2b" in lab.ip("cgw", "-d", "link", "show", ifs[1], check=False).stdout
+            and any(f"dev {ifs[1]}" in r and "metric 101" in r for r in vpnd_routes(lab))), 30 * slow)
+        say(f"   {ifs[1]} re-created (if_id 43) and its metric-101 route restored "
+            f"{recreated_s * 1000:.0f} ms after the delete")
+        print_status(lab, out)
     return {"backend": backend, "failover_ms": round(failover_s * 1000, 1),
             "outage_ms": report.outage_ms, "sent": report.sent, "received": report.received,
-            "failback_s": round(back_s, 2), "failback_outage_ms": report2.outage_ms}
+            "failback_s": round(back_s, 2), "failback_outage_ms": report2.outage_ms,
+            "interface_recreated_ms": None if recreated_s is None else round(recreated_s * 1000, 1)}
 
 
 def cmd_demo(lab: Lab, backend: str, routing: str) -> int:
@@ -228,7 +239,7 @@ def cmd_demo(lab: Lab, backend: str, routing: str) -> int:
             print("\n".join(tail.read_text().splitlines()[-15:]), file=sys.stderr)
         return 1
     finally:
-        print("== 5. tearing everything down", flush=True)
+        print("== tearing everything down", flush=True)
         lab.destroy()
 
 
