@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from netns_helpers import scratch_netns
+from vpnd.lab.daemons import _connectable
+
 from vpnd.config.load import load_file
 from vpnd.config.model import Secret
 from vpnd.render import frr, peer, swanctl
@@ -63,16 +66,8 @@ def _lab_missing() -> str | None:
     return None
 
 
-@contextlib.contextmanager
 def netns():
-    """A network namespace with a unique per-run name; always deleted."""
-    ns = f"vpndr-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    return scratch_netns("vpndr")
 
 
 @contextlib.contextmanager
@@ -115,19 +110,6 @@ def charon():
         pytest.skip(reason)
     with netns() as ns, run_charon(ns) as sock:
         yield sock
-
-
-def _connectable(path: Path) -> bool:
-    if not path.exists():
-        return False
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def _session(sock: str):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from netns_helpers import scratch_netns
+
 from vpnd.config.load import load_file
 from vpnd.render import frr, peer
 
@@ -38,15 +40,8 @@ def _missing() -> str | None:
     return None
 
 
-@contextlib.contextmanager
 def netns():
-    ns = f"vpndf-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    return scratch_netns("vpndf")
 
 
 class Frr:
