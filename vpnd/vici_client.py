@@ -409,12 +409,12 @@ class ViciClient:
         while not self._stopping.is_set():
             try:
                 self._evt, self._cmd = await self._open()
-            except (ViciException, OSError) as e:
+            except Exception as e:  # whatever went wrong, retry: a dead supervisor is a silent stall
                 self.failed_attempts += 1
                 delay = backoff_delay(attempt, self._backoff.base, self._backoff.cap, self._rand)
                 attempt += 1
-                log.info("vici.connect_failed", socket=self.socket_path, error=str(e),
-                         attempt=attempt, retry_in=round(delay, 3))
+                log.info("vici.connect_failed", socket=self.socket_path,
+                         error=str(e) or type(e).__name__, attempt=attempt, retry_in=round(delay, 3))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
