@@ -46,6 +46,7 @@ def vici_path(lab: Lab, role: str) -> Path:
 def start_charon(lab: Lab, role: str, *, libipsec: bool, timeout: float = 20.0) -> int:
     work = lab.dir / f"charon-{role}"
     (work / "run").mkdir(parents=True, exist_ok=True)
+    (work / "run" / "charon.pid").unlink(missing_ok=True)   # a killed predecessor's
     sock = vici_path(lab, role)
     if sock.exists():
         sock.unlink()
@@ -78,7 +79,12 @@ def stop(lab: Lab, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) 
         time.sleep(0.01)
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
-    _reap(pid)
+    # Gone means gone from /proc: a zombie still "exists" for charon's pid-file check, and a
+    # restarted charon would exit with "charon already running".
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.005)
     lab.forget(name)
 
 
