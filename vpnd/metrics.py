@@ -45,6 +45,38 @@ class Metrics:
                                  "Time of the last successful reload", registry=r)
         self.loop_lag = Gauge("vpnd_event_loop_lag_seconds", "How late the event loop ran a timer",
                               registry=r)
+        self.reloads = Counter("vpnd_config_reloads_total", "Configuration reloads by result",
+                               ["result"], registry=r)
+        self.probe_loss = Gauge("vpnd_probe_loss_ratio",
+                                "Share of the last probes without a reply (sliding window)", lt,
+                                registry=r)
+        # SA counters come from list-sas; charon restarts them with every new CHILD SA, which
+        # rate() treats as a counter reset (torilabs' strongswan_sa_* exporters do the same)
+        self.sa_bytes = Gauge("vpnd_sa_bytes", "Bytes through the tunnel's CHILD SA",
+                              lt + ["direction"], registry=r)
+        self.sa_packets = Gauge("vpnd_sa_packets", "Packets through the tunnel's CHILD SA",
+                                lt + ["direction"], registry=r)
+        self.ike_since = Gauge("vpnd_ike_sa_established_timestamp_seconds",
+                               "When the tunnel's IKE SA was established (0: not established)", lt,
+                               registry=r)
+        self.child_since = Gauge("vpnd_child_sa_established_timestamp_seconds",
+                                 "When the tunnel's CHILD SA was installed (0: not installed)", lt,
+                                 registry=r)
+        self.bgp_up = Gauge("vpnd_bgp_session_up", "1 while the tunnel's BGP session is Established",
+                            lt, registry=r)
+        self.bgp_pfx_rcvd = Gauge("vpnd_bgp_prefixes_received", "Prefixes received on the session",
+                                  lt, registry=r)
+        self.bgp_pfx_sent = Gauge("vpnd_bgp_prefixes_sent", "Prefixes sent on the session", lt,
+                                  registry=r)
+        self.bgp_neighbor_enabled = Gauge("vpnd_bgp_neighbor_enabled",
+                                          "0 while vpnd holds the tunnel's neighbor shut", lt,
+                                          registry=r)
+        self.bfd_up = Gauge("vpnd_bfd_up", "1 while the tunnel's BFD peer is up", lt, registry=r)
+        self.frr_errors = Counter("vpnd_frr_command_errors_total",
+                                  "vtysh commands FRR rejected or that timed out", registry=r)
+        self.xfrm_tmpl_mismatch = Gauge("vpnd_xfrm_in_tmpl_mismatch",
+                                        "XfrmInTmplMismatch from /proc/net/xfrm_stat (policy mode)",
+                                        registry=r)
 
     def declare(self, config: Config) -> None:
         """Create every tunnel's series up front, so a never-negotiated tunnel still reads 0."""
@@ -55,7 +87,21 @@ class Metrics:
                 self.tunnel_active.labels(*labels).set(0)
                 self.probes_sent.labels(*labels)
                 self.probes_lost.labels(*labels)
+                self.probe_loss.labels(*labels).set(0)
+                for direction in ("in", "out"):
+                    self.sa_bytes.labels(*labels, direction).set(0)
+                    self.sa_packets.labels(*labels, direction).set(0)
+                self.ike_since.labels(*labels).set(0)
+                self.child_since.labels(*labels).set(0)
+                if c.routing == "bgp":
+                    self.bgp_up.labels(*labels).set(0)
+                    self.bgp_pfx_rcvd.labels(*labels).set(0)
+                    self.bgp_pfx_sent.labels(*labels).set(0)
+                    self.bgp_neighbor_enabled.labels(*labels).set(1)
+                    self.bfd_up.labels(*labels).set(0)
             self.route_repairs.labels(c.name)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
         self.reload_success.set(1)
 
     def set_state(self, connection: str, tunnel: str, state: str) -> None:
