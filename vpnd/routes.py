@@ -127,6 +127,15 @@ class RouteController:
         oif = m.get("oif") or m.get("RTA_OIF")
         return Route(prefix, m.get("priority") or m.get("RTA_PRIORITY") or 0, names.get(oif, f"if{oif}"))
 
+    def _key(self, m: Any) -> tuple[str, int] | None:
+        """(prefix, metric) of a main-table IPv4 route of any protocol, if it is one of ours."""
+        if m.get("family") != 2 or (m.get("table") or m.get("RTA_TABLE")) not in (MAIN_TABLE, None):
+            return None
+        prefix = f"{m.get('dst') or m.get('RTA_DST') or '0.0.0.0'}/{m['dst_len']}"
+        if prefix not in self._prefixes:
+            return None
+        return prefix, m.get("priority") or m.get("RTA_PRIORITY") or 0
+
     def _infer_active(self, present: set[Route]) -> str | None:
         if not present:
             return None
@@ -200,7 +209,17 @@ class RouteController:
             if m.get("ifname") in {t.interface for t in self.conn.tunnels}:
                 await self._check(f"interface {m.get('ifname')} {kind[4:].lower()}")
             return
-        if kind not in ("RTM_DELROUTE", "RTM_NEWROUTE") or m.get("proto") != self.protocol:
+        if kind not in ("RTM_DELROUTE", "RTM_NEWROUTE"):
+            return
+        if m.get("proto") != self.protocol:
+            # `ip route replace` of one of vpnd's routes by another protocol: the kernel
+            # announces only the newcomer, at vpnd's own (prefix, metric) key
+            if kind == "RTM_NEWROUTE" and self.active is not None and not self._lock.locked():
+                key = self._key(m)
+                if key is not None and key in {(r.prefix, r.metric)
+                                               for r in desired_routes(self.conn, self.active)}:
+                    await self._check(f"replaced {key[0]} metric {key[1]} "
+                                      f"(now protocol {m.get('proto')})")
             return
         names = {i: n for n, i in self._ifindex.items()}
         r = self._parse(m, names)
