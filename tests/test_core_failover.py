@@ -192,6 +192,30 @@ def test_no_switch_to_a_tunnel_that_is_no_better():
         (6, loss("t1"), [act("t1", "keeping traffic on t1")])])
 
 
+def test_no_switch_to_a_tunnel_losing_probes_too():
+    # both die together (charon gone, uplink down), detected a probe apart: t1 reaches its
+    # budget while t2 has lost 2 of 3 -- t2 is no better, so nothing moves, then both down
+    engine = run(connection(), losses("t2", 3.5, 6.5) + losses("t1", 3, 6) + [
+        (9, loss("t1"), []),
+        (9.5, loss("t2"), [act("t1", "no tunnel usable (t1: 3 probes lost in a row): keeping")]),
+    ])
+    assert engine.connections["c"].active == "t1"
+
+
+def test_a_tunnel_losing_probes_becomes_a_target_after_its_next_answer():
+    run(connection(), losses("t2", 3.5) + losses("t1", 3, 6) + [
+        (9, loss("t1"), []),                                   # t2: 1 lost, no better yet
+        (9.5, ok("t2"), [act("t2", "t1: 3 probes lost in a row: switched to t2")]),
+    ])
+
+
+def test_a_lost_child_sa_still_moves_to_a_tunnel_with_losses():
+    # the active tunnel has no SA at all: anything installed is better
+    run(connection(), losses("t2", 3.5) + [
+        (4, down("t1"), [act("t2", "t1: CHILD SA not installed: switched to t2")]),
+    ])
+
+
 def test_both_down_withdraw_and_recovery():
     run(connection(both_down="withdraw"), [
         (5, down("t1"), [act("t2")]),

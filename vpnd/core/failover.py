@@ -252,6 +252,10 @@ def _switch(c: Connection, to: str, kind: str, reason: str, now: float,
                       switches=switches, reason=reason, deadline=None)
 
 
+def _probes_apply(cfg: ConnectionConfig) -> bool:
+    return cfg.health_check is not None and cfg.health_check.switch_route
+
+
 def _retries(cfg: ConnectionConfig) -> int:
     return cfg.health_check.retries if cfg.health_check is not None else 1
 
@@ -297,8 +301,10 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
                 cur = operator_to
 
     usable = [t for t in c.tunnels if by_name[t].usable]
-    best = min(usable, key=lambda t: (by_name[t].drained, t != c.pinned,
-                                      c.tunnels.index(t))) if usable else None
+    def rank(t: str) -> tuple:
+        return (by_name[t].drained, t != c.pinned, c.tunnels.index(t))
+
+    best = min(usable, key=rank) if usable else None
 
     if best is None:
         c = c._replace(deadline=None)
@@ -329,7 +335,19 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float,
             reason = (f"{best} recovered, routes restored" if c.both_down else f"{best} usable")
             c = _switch(c, best, FORCED, reason, now, out)
     elif not by_name[cur].usable:
-        c = _switch(c, best, FORCED, f"{cur}: {by_name[cur].why}: switched to {best}", now, out)
+        # "No better": while the active tunnel still has its CHILD SA, leave it only for a
+        # tunnel whose last probe was answered; one that is losing probes too (both dying,
+        # e.g. charon or the uplink gone, detected a few probes apart) would be a false
+        # failover followed by a switch back. The next probe result decides again.
+        clean = [t for t in usable if by_name[t].losses == 0]
+        if clean or not by_name[cur].established or not _probes_apply(cfg):
+            target = min(clean, key=rank) if clean else best
+            c = _switch(c, target, FORCED, f"{cur}: {by_name[cur].why}: switched to {target}",
+                        now, out)
+        else:
+            reason = (f"{cur}: {by_name[cur].why}; {best} no better "
+                      f"({by_name[best].losses} probes lost in a row): holding")
+            c = c._replace(reason=reason, deadline=None)
     elif by_name[cur].drained and not by_name[best].drained:
         c = _switch(c, best, FORCED, f"{cur} drained: switched to {best}", now, out)
     else:
