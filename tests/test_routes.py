@@ -125,6 +125,19 @@ async def test_a_deleted_route_is_put_back_and_reported(conn, ns):
         await rc.stop()
 
 
+async def test_a_route_replaced_by_another_protocol_is_put_back(conn, ns):
+    rc = RouteController(conn, protocol=249, netns=ns)
+    await rc.start()
+    try:
+        await rc.set_active("tunnel1")
+        # the kernel announces only the newcomer (proto boot) at vpnd's own key
+        sh("ip", "-n", ns, "route", "replace", "192.168.0.0/16", "dev", "tun2", "metric", "100")
+        await until(lambda: ("192.168.0.0/16", "tun1", "100") in kernel(ns))
+        assert rc.repairs >= 1
+    finally:
+        await rc.stop()
+
+
 async def test_other_protocols_routes_are_never_touched(conn, ns):
     sh("ip", "-n", ns, "route", "add", "192.168.0.0/16", "dev", "tun2", "metric", "50", "proto", "static")
     rc = RouteController(conn, protocol=249, netns=ns)
