@@ -40,6 +40,8 @@ class Options:
     dpd_delay: int = 10
     cloud_psk: tuple[str, str] | None = None     # a different cloud PSK: phase 1 must fail
     cloud_esp: str | None = None                  # a different cloud ESP cipher: phase 2 must fail
+    both_down: str = "keep"                       # failover.both_down: keep | withdraw
+    hold_down: float = 1.0
 
 
 def emulated() -> bool:
@@ -111,7 +113,8 @@ retries = {opts.retries}{"" if opts.timeout is None else chr(10) + "timeout = " 
 
 [connection.failover]
 preempt_delay = {opts.preempt_delay}
-hold_down = 1.0
+hold_down = {opts.hold_down}
+both_down = "{opts.both_down}"
 """ + ("""
 [connection.bgp]
 local_asn = 65530
