@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from control_harness import PSKS, Harness, config
 from vpnd import control_cli
+from vpnd.core import events as E
 from vpnd.control import MAX_REQUEST, ControlError, ControlServer, request
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,6 +102,17 @@ def test_status_before_charon_is_heard(make):
     h = make("c")
     t = request(h.path, {"command": "status"})["status"]["connections"]["c"]["tunnels"]["t1"]
     assert t["ike"] == "DOWN" and t["since"] is None and t["probe"]["sent"] == 0
+
+
+def test_bgp_and_bfd_state_shown_once_known(make):
+    h = make("c")
+    h.up()
+    h.feed(E.BgpSessionChanged(E.TunnelKey("c", "t1"), True), E.BfdChanged(E.TunnelKey("c", "t1"), False))
+    tunnels = request(h.path, {"command": "status"})["status"]["connections"]["c"]["tunnels"]
+    assert tunnels["t1"]["bgp"] == {"state": "Established", "bfd": "down"}
+    assert tunnels["t2"]["bgp"] is None, "route mode and nothing heard: no BGP column value"
+    rc, out, _ = cli("status", "--socket", h.path)
+    assert "Established bfd down" in out
 
 
 def test_drain_moves_traffic_and_undrain_brings_it_back(make):
@@ -330,7 +342,7 @@ def test_cli_status_table_and_json(make):
     rc, out, _ = cli("status", "--socket", h.path)
     assert rc == 0
     lines = out.splitlines()
-    assert any(line.startswith("c (route mode): active, active t1") for line in lines), out
+    assert any(line.startswith("c (route mode): traffic on t1 -- t1 usable") for line in lines), out
     header = next(line for line in lines if "TUNNEL" in line).split()
     assert header == ["TUNNEL", "IKE", "CHILD", "ACTIVE", "RTT", "LOSS", "BGP", "SINCE", "REASON"]
     t1 = next(line for line in lines if line.strip().startswith("t1"))

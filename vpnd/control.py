@@ -234,14 +234,14 @@ class ControlServer:
                               f"--connection ({', '.join(conns) or 'none configured'})")
             name = next(iter(conns))
         if name not in conns:
-            raise Refused("unknown_connection", f"no connection named {name!r}; known: "
+            raise Refused("unknown_connection", f"no connection named {name[:60]!r}; known: "
                           f"{', '.join(conns) or 'none'}")
         tunnel = req.get(field)
         if tunnel is None:
             raise Refused("bad_request", f"'{req['command']}' needs '{field}' (a tunnel of {name}: "
                           f"{', '.join(conns[name]['tunnels'])})")
         if tunnel not in conns[name]["tunnels"]:
-            raise Refused("unknown_tunnel", f"connection {name} has no tunnel named {tunnel!r}; "
+            raise Refused("unknown_tunnel", f"connection {name} has no tunnel named {tunnel[:60]!r}; "
                           f"known: {', '.join(conns[name]['tunnels'])}")
         return TunnelKey(name, tunnel)
 

@@ -111,14 +111,23 @@ def render(status: dict[str, Any]) -> str:
     lines = [f"vpnd pid {d.get('pid')}, up {_duration(d.get('uptime_seconds'))}, "
              f"config {d.get('config')}"]
     for name, c in status.get("connections", {}).items():
-        pinned = f", pinned to {c['pinned']}" if c.get("pinned") else ""
-        lines += ["", f"{name} ({c['routing']} mode): {c['state']}, active "
-                  f"{c['active'] or 'none'}{pinned} -- {c['reason']}"]
+        lines += ["", f"{name} ({c['routing']} mode): {_headline(c)} -- {c['reason']}"]
         rows = [_COLUMNS] + [_row(tname, t) for tname, t in c["tunnels"].items()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
         for r in rows:
             lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     return "\n".join(lines) + "\n"
+
+
+def _headline(c: dict[str, Any]) -> str:
+    pinned = " (pinned by operator)" if c.get("pinned") else ""
+    if c["state"] == "active":
+        return f"traffic on {c['active']}{pinned}"
+    if c["state"] == "both_down":
+        return f"NO TUNNEL USABLE, traffic kept on {c['active']}"
+    if c["state"] == "withdrawn":
+        return "NO TUNNEL USABLE, routes withdrawn"
+    return "no tunnel active yet"
 
 
 def _row(name: str, t: dict[str, Any]) -> tuple[str, ...]:
