@@ -25,6 +25,8 @@ from vpnd.core import events as E
 from vpnd.control import MAX_REQUEST, ControlError, ControlServer, request
 
 REPO = Path(__file__).resolve().parent.parent
+# the default run is bounded; a long run: VPND_FUZZ_EXAMPLES=20000 pytest tests/test_control.py -k fuzz
+FUZZ_EXAMPLES = int(os.environ.get("VPND_FUZZ_EXAMPLES", "200"))
 
 
 @pytest.fixture
@@ -223,7 +225,7 @@ def test_too_many_clients_are_told_busy(make):
         s.close()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.one_of(
     st.binary(max_size=300),
     st.text(max_size=200).map(str.encode),
@@ -263,7 +265,7 @@ def fuzz_target():
         h.close()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=max(25, FUZZ_EXAMPLES // 8), deadline=None)
 @given(chunks=st.lists(st.binary(max_size=2000), max_size=6), shut=st.booleans())
 def test_fuzz_socket_stream_every_reply_is_a_json_line(fuzz_target, chunks, shut):
     h = fuzz_target
