@@ -165,7 +165,9 @@ class Daemon:
     def _status_board(self) -> Any:
         from vpnd.status import StatusBoard
 
-        board = StatusBoard(lambda: self.sup.config, self.sup.engine.status, self.sup.clock)
+        # late-bound: a reload may replace the config (and the engine)
+        board = StatusBoard(lambda: self.sup.config, lambda: self.sup.engine.status(),
+                            self.sup.clock)
         self.sup.observers.append(board.observe)
         return board
 
