@@ -27,12 +27,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
 
+    _control_commands(sub)
+
     p = sub.add_parser("lab", help="a real dual-tunnel lab in network namespaces on this machine")
     p.add_argument("action", choices=["up", "down", "status", "demo"])
     p.add_argument("--backend", choices=["auto", "native", "vm", "libipsec"], default="auto")
     p.add_argument("--prefix", default=None, help="namespace prefix of the lab (default: vpnd)")
     p.add_argument("--routing", choices=["route", "policy", "bgp"], default="route")
     return parser
+
+
+def _control_commands(sub) -> None:
+    """The commands that talk to a running daemon over its control socket."""
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default=None,
+                       help=f"the daemon's config, for its control socket's path (default {DEFAULT_CONFIG})")
+        p.add_argument("--socket", default=None, help="the control socket (overrides the config)")
+        p.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
+
+    p = sub.add_parser("status", help="what the running daemon sees: tunnels, SAs, probes, BGP")
+    common(p)
+    p = sub.add_parser("failover", help="move traffic to a tunnel now and prefer it (until undrain)")
+    p.add_argument("--to", required=True, metavar="TUNNEL")
+    p.add_argument("--connection", default=None, help="needed when there are several")
+    common(p)
+    for name, text in (("drain", "keep traffic off a tunnel (maintenance)"),
+                       ("undrain", "let a drained tunnel carry traffic again; clears a failover pin")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("tunnel", metavar="TUNNEL")
+        p.add_argument("--connection", default=None, help="needed when there are several")
+        common(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         from vpnd.render import main as run
     elif args.command == "run":
         from vpnd.supervisor import main as run
+    elif args.command in ("status", "failover", "drain", "undrain"):
+        from vpnd.control_cli import main as run
     else:
         from vpnd.lab.cli import main as run
     try:

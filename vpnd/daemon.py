@@ -37,6 +37,7 @@ class Daemon:
         self.probes: list[Any] = []
         self._synced = asyncio.Event()
         self._wire()
+        self.board = self._status_board()
 
     # --- events in -----------------------------------------------------------------------
 
@@ -130,6 +131,7 @@ class Daemon:
         await self.charon.start()
         reconciler = asyncio.create_task(self.sup.reconcile(), name="reconciler")
         watchdog = asyncio.create_task(self.sup.watchdog(), name="watchdog")
+        control = await self._start_control()
         await self._start_probes()
         try:
             await asyncio.wait_for(self._synced.wait(), 30)
@@ -141,6 +143,8 @@ class Daemon:
         await self.sup.stopping.wait()
         self.sup.notifier.stopping()
         log.info("vpnd.stopping", withdraw=self.config.daemon.withdraw_on_stop)
+        if control is not None:
+            await control.stop()
         for p in self.probes:
             await p.stop()
         if self.config.daemon.withdraw_on_stop:
@@ -155,6 +159,31 @@ class Daemon:
             task.cancel()
         await asyncio.gather(reconciler, watchdog, return_exceptions=True)
         return 0
+
+    # --- the control socket (vpnd status / failover / drain / undrain) ---------------------
+
+    def _status_board(self) -> Any:
+        from vpnd.status import StatusBoard
+
+        # late-bound: a reload may replace the config (and the engine)
+        board = StatusBoard(lambda: self.sup.config, lambda: self.sup.engine.status(),
+                            self.sup.clock)
+        self.sup.observers.append(board.observe)
+        return board
+
+    async def _start_control(self) -> Any:
+        """Serve the control socket; without it vpnd still supervises (logged, not fatal)."""
+        from vpnd.control import ControlError, ControlServer
+
+        path = self.config.daemon.control_socket
+        server = ControlServer(path, status=self.board.status, apply=self.sup.apply)
+        try:
+            await server.start()
+        except ControlError as err:
+            log.error("control.unavailable", socket=path, error=str(err))
+            return None
+        log.info("control.listening", socket=path)
+        return server
 
     def _summary(self) -> str:
         n = sum(len(c.tunnels) for c in self.config.connections)

@@ -38,12 +38,22 @@ class Supervisor:
         self.reload_requested = False
         self.executors: dict[type, Callable[[Any], Awaitable[None]]] = {}
         self.ready = asyncio.Event()
+        # read-only watchers of every event before the core sees it (status board, ...)
+        self.observers: list[Callable[[Any], None]] = []
 
     # --- inputs -----------------------------------------------------------------------------
 
     def post(self, event: Any) -> None:
         """The only way an adapter talks to the core (thread-unsafe by design: one loop)."""
         self.queue.put_nowait(event)
+
+    async def apply(self, event: Any) -> None:
+        """Post an event and return once the reconciler has handled it and carried out its
+        actions (an operator's command replies with the outcome, not a guess)."""
+        done = asyncio.get_running_loop().create_future()
+        self.post(event)
+        self.queue.put_nowait(_Fence(done))
+        await done
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -67,6 +77,10 @@ class Supervisor:
                 event = await asyncio.wait_for(self.queue.get(), timeout)
             except TimeoutError:
                 event = E.Tick()
+            if type(event) is _Fence:
+                if not event.done.done():
+                    event.done.set_result(None)
+                continue
             if event is None:
                 if self.reload_requested:
                     self.reload_requested = False
@@ -75,6 +89,11 @@ class Supervisor:
             await self.dispatch(event)
 
     async def dispatch(self, event: Any) -> None:
+        for observe in self.observers:
+            try:
+                observe(event)
+            except Exception:
+                log.exception("observer.error", event=type(event).__name__)
         try:
             actions, _deadline = self.engine.handle(event, self.clock())
         except Exception:  # a core bug must not kill the gateway's supervision
@@ -124,6 +143,15 @@ class Supervisor:
                 await asyncio.wait_for(self.stopping.wait(), interval)
             except TimeoutError:
                 pass
+
+
+class _Fence:
+    """A mark in the queue: everything posted before it has been handled when it is reached."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, done: asyncio.Future) -> None:
+        self.done = done
 
 
 def install_signal_handlers(sup: Supervisor) -> None:

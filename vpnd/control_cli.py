@@ -1,0 +1,168 @@
+"""`vpnd status`, `vpnd failover`, `vpnd drain`, `vpnd undrain`: the operator's side of the
+control socket.
+
+Exit codes are distinct so scripts can tell what happened: 0 done, 1 the daemon refused (an
+unknown name, a tunnel that is not usable), 3 vpnd is not running (no socket, nobody
+answering), 4 permission denied (not root), 5 vpnd did not answer (hung, or not a vpnd
+socket). Argument errors exit 2, as argparse does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from typing import Any, TextIO
+
+from vpnd.cli import DEFAULT_CONFIG
+from vpnd.config.model import DaemonConfig
+from vpnd.control import Unreachable, request
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_PERMISSION, EXIT_NO_ANSWER = 0, 1, 2, 3, 4, 5
+_EXIT_BY_KIND = {"not_running": EXIT_NOT_RUNNING, "permission": EXIT_PERMISSION,
+                 "no_answer": EXIT_NO_ANSWER}
+
+
+class UsageError(Exception):
+    pass
+
+
+def socket_path(socket: str | None, config: str | None, err: TextIO) -> str:
+    """--socket wins; else `[daemon] control_socket` of the config file (only that key is
+    read: no PSK files needed); else the default. A missing default config is no error."""
+    if socket:
+        return socket
+    path = config or DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        if config is not None:
+            raise UsageError(f"{path}: no such file (give the daemon's config with -c, "
+                             "or its socket with --socket)") from None
+        return DaemonConfig.control_socket
+    except PermissionError:
+        print(f"warning: cannot read {path} (permission denied); trying the default socket "
+              f"{DaemonConfig.control_socket}", file=err)
+        return DaemonConfig.control_socket
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the control socket's path: {exc}") from None
+    daemon = doc.get("daemon", {})
+    value = daemon.get("control_socket", DaemonConfig.control_socket) \
+        if isinstance(daemon, dict) else DaemonConfig.control_socket
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{path}: daemon.control_socket must be a path")
+    return value
+
+
+def payload(args: Any) -> dict[str, Any]:
+    cmd = args.command
+    if cmd == "status":
+        return {"command": "status"}
+    out: dict[str, Any] = {"command": cmd}
+    if args.connection:
+        out["connection"] = args.connection
+    out["to" if cmd == "failover" else "tunnel"] = args.to if cmd == "failover" else args.tunnel
+    return out
+
+
+def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    cmd = args.command
+    try:
+        path = socket_path(args.socket, args.config, err)
+    except UsageError as exc:
+        print(f"vpnd {cmd}: {exc}", file=err)
+        return EXIT_USAGE
+    try:
+        reply = request(path, payload(args))
+    except Unreachable as exc:
+        print(f"vpnd {cmd}: {exc}", file=err)
+        return _EXIT_BY_KIND[exc.kind]
+    if getattr(args, "json", False):
+        print(json.dumps(reply["status"] if cmd == "status" and reply.get("ok") else reply,
+                         indent=2), file=out)
+    if not reply.get("ok"):
+        if not getattr(args, "json", False):
+            print(f"vpnd {cmd}: {reply.get('error', 'refused')}", file=err)
+        return EXIT_PERMISSION if reply.get("code") == "not_permitted" else EXIT_REFUSED
+    if getattr(args, "json", False):
+        return EXIT_OK
+    if cmd == "status":
+        out.write(render(reply["status"]))
+        return EXIT_OK
+    what = {"drain": "drained", "undrain": "undrained"}.get(cmd, "forced active")
+    print(f"{reply['connection']}: {reply['tunnel']} {what}; active tunnel: "
+          f"{reply['active'] or 'none'} ({reply['reason']})", file=out)
+    if reply.get("warning"):
+        print(f"warning: {reply['warning']}", file=err)
+    return EXIT_OK
+
+
+# --- the table ---------------------------------------------------------------------------
+
+_COLUMNS = ("TUNNEL", "IKE", "CHILD", "ACTIVE", "RTT", "LOSS", "BGP", "SINCE", "REASON")
+
+
+def render(status: dict[str, Any]) -> str:
+    """One block per connection: a headline, then one row per tunnel."""
+    d = status.get("daemon", {})
+    lines = [f"vpnd pid {d.get('pid')}, up {_duration(d.get('uptime_seconds'))}, "
+             f"config {d.get('config')}"]
+    for name, c in status.get("connections", {}).items():
+        lines += ["", f"{name} ({c['routing']} mode): {_headline(c)} -- {c['reason']}"]
+        rows = [_COLUMNS] + [_row(tname, t) for tname, t in c["tunnels"].items()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
+        for r in rows:
+            lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    return "\n".join(lines) + "\n"
+
+
+def _headline(c: dict[str, Any]) -> str:
+    pinned = " (pinned by operator)" if c.get("pinned") else ""
+    if c["state"] == "active":
+        return f"traffic on {c['active']}{pinned}"
+    if c["state"] == "both_down":
+        return f"NO TUNNEL USABLE, traffic kept on {c['active']}"
+    if c["state"] == "withdrawn":
+        return "NO TUNNEL USABLE, routes withdrawn"
+    return "no tunnel active yet"
+
+
+def _row(name: str, t: dict[str, Any]) -> tuple[str, ...]:
+    ike = t["ike"] + (f" #{t['ike_id']}" if t.get("ike_id") is not None else "")
+    child = t["child"] + (f" #{t['child_id']}" if t.get("child_id") is not None else "")
+    flags = ["yes"] if t["active"] else []
+    if t.get("drained"):
+        flags.append("drained")
+    rtt = loss = "-"
+    p = t.get("probe")
+    if p:
+        if p["last_ok"] is False:
+            rtt = "lost"
+        elif p["last_rtt_ms"] is not None:
+            rtt = f"{p['last_rtt_ms']:.1f} ms"
+        if p["loss_percent"] is not None:
+            loss = f"{p['loss_percent']:g}%"
+    bgp = "-"
+    if t.get("bgp"):
+        bgp = t["bgp"]["state"] + (f" bfd {t['bgp']['bfd']}" if t["bgp"].get("bfd") else "")
+    since = f"{_duration(t['for_seconds'])} ago" if t.get("for_seconds") is not None else "-"
+    reason = t["reason"]
+    if t.get("why_not_usable") and t["state"] == "established":
+        reason += f"; not usable: {t['why_not_usable']}"
+    return (name, ike, child, ",".join(flags) or "-", rtt, loss, bgp, since, reason)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"

@@ -1,0 +1,145 @@
+"""What `vpnd status` shows: the core's picture plus what only the shell hears.
+
+The core knows tunnel states, the active tunnel and why; it keeps no RTT history and no
+notion of "BGP state not known yet". The board watches the events the supervisor dispatches
+(ProbeResult, BgpSessionChanged, BfdChanged) and keeps a small summary per tunnel, so the
+status is computed from the same facts the core decided on, never by asking charon or FRR
+again. It holds no config secrets: only names, modes and interface names go out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from vpnd.config.model import Config
+from vpnd.core.events import BfdChanged, BgpSessionChanged, ProbeResult, TunnelKey
+
+STATUS_VERSION = 1
+PROBE_WINDOW = 10       # the loss ratio shown is over the last PROBE_WINDOW probes
+
+_IKE_BY_STATE = {"connecting": "CONNECTING", "phase1_failed": "FAILED"}
+_CHILD_BY_STATE = {"phase2_failed": "FAILED", "ike_up": "CONNECTING", "connecting": "CONNECTING"}
+
+
+@dataclass
+class ProbeSummary:
+    sent: int = 0
+    lost: int = 0
+    last_ok: bool | None = None
+    last_rtt: float | None = None           # seconds, of the last answered probe
+    window: deque = field(default_factory=lambda: deque(maxlen=PROBE_WINDOW))
+
+    def add(self, ok: bool, rtt: float | None) -> None:
+        self.sent += 1
+        self.lost += not ok
+        self.last_ok = ok
+        if ok and rtt is not None:
+            self.last_rtt = rtt
+        self.window.append((ok, rtt if ok else None))
+
+    def to_json(self) -> dict[str, Any]:
+        rtts = [r for ok, r in self.window if ok and r is not None]
+        n = len(self.window)
+        return {
+            "sent": self.sent, "lost": self.lost, "last_ok": self.last_ok,
+            "last_rtt_ms": _ms(self.last_rtt),
+            "avg_rtt_ms": _ms(sum(rtts) / len(rtts)) if rtts else None,
+            "loss_percent": round(100.0 * sum(1 for ok, _ in self.window if not ok) / n, 1)
+            if n else None,
+            "window": n,
+        }
+
+
+class StatusBoard:
+    """Observer of dispatched events + composer of the status the control socket serves."""
+
+    def __init__(self, config: Callable[[], Config], engine_status: Callable[[], dict],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._engine_status = engine_status
+        self._clock = clock
+        self._started = clock()
+        self._started_wall = time.time()
+        self.probes: dict[TunnelKey, ProbeSummary] = {}
+        self.bgp: dict[TunnelKey, bool] = {}
+        self.bfd: dict[TunnelKey, bool] = {}
+
+    def observe(self, event: object) -> None:
+        """Called by the supervisor with every event before the core sees it."""
+        typ = type(event)
+        if typ is ProbeResult:
+            self.probes.setdefault(event.tunnel, ProbeSummary()).add(event.ok, event.rtt)
+        elif typ is BgpSessionChanged:
+            self.bgp[event.tunnel] = event.established
+        elif typ is BfdChanged:
+            self.bfd[event.tunnel] = event.up
+
+    def status(self) -> dict[str, Any]:
+        config = self._config()
+        core = self._engine_status()
+        now, wall = self._clock(), time.time()
+        connections: dict[str, Any] = {}
+        for conn in config.connections:
+            c = core.get(conn.name)
+            if c is None:
+                continue
+            tunnels = {}
+            for t in conn.tunnels:
+                s = c["tunnels"].get(t.name)
+                if s is None:
+                    continue
+                key = TunnelKey(conn.name, t.name)
+                since = s["since"] if s["reason"] != "not seen yet" else None
+                probe = self.probes.get(key)
+                tunnels[t.name] = {
+                    "state": s["state"],
+                    "ike": "ESTABLISHED" if s["ike_id"] is not None
+                    else _IKE_BY_STATE.get(s["state"], "DOWN"),
+                    "ike_id": s["ike_id"],
+                    "child": "INSTALLED" if s["child_id"] is not None
+                    else _CHILD_BY_STATE.get(s["state"], "DOWN"),
+                    "child_id": s["child_id"],
+                    "active": c["active"] == t.name,
+                    "usable": s["usable"],
+                    "why_not_usable": s["why_not_usable"] or None,
+                    "drained": s["drained"],
+                    "interface": t.interface,
+                    "since": _iso(wall - (now - since)) if since is not None else None,
+                    "for_seconds": round(now - since, 1) if since is not None else None,
+                    "reason": s["reason"],
+                    "probe": (probe or ProbeSummary()).to_json()
+                    if conn.health_check is not None else None,
+                    "bgp": self._bgp(conn.routing, key),
+                }
+            connections[conn.name] = {
+                "routing": conn.routing, "state": c["state"], "active": c["active"],
+                "reason": c["reason"], "pinned": c["pinned"], "tunnels": tunnels,
+            }
+        return {
+            "version": STATUS_VERSION,
+            "daemon": {"pid": os.getpid(), "started": _iso(self._started_wall),
+                       "uptime_seconds": round(now - self._started, 1),
+                       "config": config.source},
+            "connections": connections,
+        }
+
+    def _bgp(self, routing: str, key: TunnelKey) -> dict[str, Any] | None:
+        if routing != "bgp" and key not in self.bgp:
+            return None
+        up = self.bgp.get(key)
+        bfd = self.bfd.get(key)
+        return {"state": "unknown" if up is None else "Established" if up else "down",
+                "bfd": None if bfd is None else "up" if bfd else "down"}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
