@@ -80,6 +80,15 @@ def test_status_is_json_ready():
     assert status["c"]["tunnels"]["t2"]["why_not_usable"] == "CHILD SA not installed"
 
 
+def test_status_tells_when_a_pending_preempt_is_due():
+    e = started(connection(health=False, preempt_delay=10.0, hold_down=0.0))
+    sas = (TunnelSa(T2, 2, "ESTABLISHED", 12, "INSTALLED"),)
+    e.handle(SaSnapshot(sas), 0.0)
+    assert e.status()["c"]["active"] == "t2"
+    e.handle(SaSnapshot(sas + (TunnelSa(T1, 1, "ESTABLISHED", 11, "INSTALLED"),)), 1.0)
+    assert e.status()["c"]["next_decision_at"] == 11.0     # t1 healthy since 1.0 + 10 s
+
+
 def test_reload_keeps_unchanged_state_and_drops_removed_connections():
     e = started(connection(health=False))
     e.handle(SaSnapshot((TunnelSa(T1, 1, "ESTABLISHED", 11, "INSTALLED"),)), 0.0)

@@ -112,6 +112,8 @@ def render(status: dict[str, Any]) -> str:
              f"config {d.get('config')}"]
     for name, c in status.get("connections", {}).items():
         lines += ["", f"{name} ({c['routing']} mode): {_headline(c)} -- {c['reason']}"]
+        if c.get("next_decision"):
+            lines.append(f"  next decision due {c['next_decision']} (preempt delay, hold-down or damping)")
         rows = [_COLUMNS] + [_row(tname, t) for tname, t in c["tunnels"].items()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
         for r in rows:

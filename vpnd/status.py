@@ -118,7 +118,11 @@ class StatusBoard:
                 }
             connections[conn.name] = {
                 "routing": conn.routing, "state": c["state"], "active": c["active"],
-                "reason": c["reason"], "pinned": c["pinned"], "tunnels": tunnels,
+                "reason": c["reason"], "pinned": c["pinned"],
+                # a pending preempt/failback (preempt delay, hold-down, damping) is due then
+                "next_decision": _iso(wall + (c["next_decision_at"] - now))
+                if c.get("next_decision_at") is not None else None,
+                "tunnels": tunnels,
             }
         return {
             "version": STATUS_VERSION,

@@ -196,5 +196,5 @@ class Engine:
                     "next_initiate": t.retry_at if not t.established else None,
                 }
             out[name] = {"state": c.state, "active": c.active, "reason": c.reason,
-                         "pinned": c.pinned, "tunnels": tunnels}
+                         "pinned": c.pinned, "next_decision_at": c.deadline, "tunnels": tunnels}
         return out
