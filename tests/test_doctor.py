@@ -221,3 +221,41 @@ def test_uncertain_drop_warns_rather_than_fails():
                                  "print(r.status, r.detail)"],
                                 capture_output=True, text=True, timeout=30)
     assert result.stdout.startswith("WARN the input rules may drop"), result.stdout + result.stderr
+
+
+def mtu_check(ns: str, config: Path) -> dict:
+    return doctor_in(ns, config)[1]["mtu"]
+
+
+def test_mtu_needs_room_for_esp_or_an_mss_clamp(tmp_path):
+    config = write_config(tmp_path, route_config())
+    with scratch_netns() as ns:
+        assert mtu_check(ns, config)["status"] == SKIP          # vpnd has not created them yet
+        for i in ("ipsec0", "ipsec1"):
+            sh("ip", "-n", ns, "link", "add", i, "type", "veth", "peer", "name", f"{i}p")
+        warned = mtu_check(ns, config)
+        nft(ns, 'table inet f {\n chain forward {\n type filter hook forward priority 0; '
+                'oifname "ipsec*" tcp flags syn tcp option maxseg size set 1360\n }\n}\n')
+        clamped = mtu_check(ns, config)
+        nft(ns, "flush ruleset\n")
+        for i in ("ipsec0", "ipsec1"):
+            sh("ip", "-n", ns, "link", "set", i, "mtu", "1400")
+        lowered = mtu_check(ns, config)
+    assert warned["status"] == WARN and "ipsec0 1500" in warned["detail"]
+    assert "maxseg size set 1360" in warned["fix"]
+    assert clamped["status"] == PASS and "clamped" in clamped["detail"]
+    assert lowered["status"] == PASS
+
+
+def test_rp_filter_reads_existing_interfaces_and_the_default_for_new_ones(tmp_path):
+    config = write_config(tmp_path, route_config())
+    with scratch_netns() as ns:
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0",
+           "net.ipv4.conf.default.rp_filter=1")
+        before = doctor_in(ns, config)[1]["rp_filter"]          # both inherit default=1
+        sh("ip", "-n", ns, "link", "add", "ipsec0", "type", "veth", "peer", "name", "ipsec0p")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.ipsec0.rp_filter=2",
+           "net.ipv4.conf.default.rp_filter=2")
+        after = doctor_in(ns, config)[1]["rp_filter"]
+    assert before["status"] == WARN and "ipsec0, ipsec1" in before["detail"]
+    assert after["status"] == PASS

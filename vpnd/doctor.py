@@ -43,8 +43,17 @@ def run(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:
 
 
 def sysctl(name: str, proc: Path = Path("/proc/sys")) -> int | None:
+    return _read_int(proc / name.replace(".", "/"))
+
+
+def ipv4_conf(ifname: str, key: str) -> int | None:
+    """net.ipv4.conf.IF.KEY; by path, since interface names may contain dots (eth0.100)."""
+    return _read_int(Path("/proc/sys/net/ipv4/conf") / ifname / key)
+
+
+def _read_int(path: Path) -> int | None:
     try:
-        return int((proc / name.replace(".", "/")).read_text().split()[0])
+        return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -340,25 +349,27 @@ def _tunnel_interfaces(config: Config) -> list[str]:
 
 
 def check_rp_filter(config: Config) -> Result:
-    from vpnd.links import rp_filter_warnings
-
+    """Strict reverse-path filtering drops replies that arrive on the other tunnel during a
+    switch. The effective value is the higher of `all` and the interface's own; an interface
+    vpnd has not created yet will start from `default`. (Read here rather than through
+    vpnd.links, which would import pyroute2 and double the doctor's start-up time.)"""
     name = "rp_filter"
     interfaces = _tunnel_interfaces(config)
     if not interfaces:
         return Result(name, SKIP, "no tunnel interfaces (policy mode)")
-    proc = Path("/proc/sys/net/ipv4/conf")
-    existing = [i for i in interfaces if (proc / i).exists()]
-    problems = rp_filter_warnings(existing, proc)
-    missing = [i for i in interfaces if i not in existing]
-    if missing and max(sysctl("net.ipv4.conf.all.rp_filter") or 0,
-                       sysctl("net.ipv4.conf.default.rp_filter") or 0) == 1:
-        problems.append(f"rp_filter is strict (1) in conf.all/conf.default, which "
-                        f"{', '.join(missing)} will inherit when vpnd creates them")
-    if problems:
-        return Result(name, WARN, problems[0] if len(problems) == 1 else
-                      f"{len(problems)} tunnel interfaces with strict rp_filter: {problems[0]}",
+    every = ipv4_conf("all", "rp_filter") or 0
+    strict = []
+    for ifname in interfaces:
+        own = ipv4_conf(ifname, "rp_filter")
+        if own is None:
+            own = ipv4_conf("default", "rp_filter") or 0
+        if max(every, own) == 1:
+            strict.append(ifname)
+    if strict:
+        return Result(name, WARN, f"rp_filter is strict (1) for {', '.join(strict)}: return "
+                      "traffic arriving on the other tunnel during a switch is dropped",
                       "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.default.rp_filter=2 "
-                      "(loose), persisted in /etc/sysctl.d/")
+                      "(loose), and the same for each tunnel interface, persisted in /etc/sysctl.d/")
     return Result(name, PASS, f"rp_filter is loose or off for {', '.join(interfaces)}")
 
 
@@ -428,6 +439,51 @@ def check_frr(config: Config) -> Result:
     return Result(name, PASS, f"vtysh reaches FRR; daemons: {r.stdout.strip()}")
 
 
+# ESP in UDP costs up to 85 bytes: outer IPv4 20 + UDP 8 + ESP 8 + AES IV 16 + padding 15 +
+# trailer 2 + ICV 16 (sha256; 12 for sha1). A tunnel MTU above 1500 - 85 relies on PMTU discovery.
+TUNNEL_MTU_MAX = 1415
+
+
+def _fixed_mss_clamp(nft_json: str) -> bool:
+    """A forward rule `tcp option maxseg size set N` with a number (not `rt mtu`, which
+    follows the interface's 1500 and clamps nothing)."""
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            m = node.get("mangle")
+            if isinstance(m, dict) and "maxseg" in json.dumps(m.get("key")) \
+                    and isinstance(m.get("value"), int):
+                return True
+            return any(walk(v) for v in node.values())
+        return isinstance(node, list) and any(walk(v) for v in node)
+    try:
+        return walk(json.loads(nft_json))
+    except ValueError:
+        return False
+
+
+def check_mtu(config: Config) -> Result:
+    name = "mtu"
+    interfaces = _tunnel_interfaces(config)
+    if not interfaces:
+        return Result(name, SKIP, "no tunnel interfaces (policy mode)")
+    r = run("ip", "-j", "link", "show")
+    links = {l["ifname"]: l.get("mtu") for l in json.loads(r.stdout or "[]")} if r.returncode == 0 else {}
+    present = {i: links[i] for i in interfaces if i in links}
+    if not present:
+        return Result(name, SKIP, f"{', '.join(interfaces)} not created yet (vpnd creates them)")
+    big = [f"{i} {m}" for i, m in present.items() if isinstance(m, int) and m > TUNNEL_MTU_MAX]
+    if not big:
+        return Result(name, PASS, "tunnel MTU leaves room for ESP: " +
+                      ", ".join(f"{i} {m}" for i, m in present.items()))
+    nft = run("nft", "-j", "list", "ruleset") if shutil.which("nft") else None
+    if nft is not None and nft.returncode == 0 and _fixed_mss_clamp(nft.stdout):
+        return Result(name, PASS, f"MTU {', '.join(big)}, TCP MSS clamped to a fixed size")
+    return Result(name, WARN, f"MTU {', '.join(big)} does not leave room for ESP overhead and no "
+                  "TCP MSS clamp: large TCP transfers stall when ICMP 'fragmentation needed' "
+                  "is filtered", "nft add rule inet filter forward oifname \"ipsec*\" tcp flags syn "
+                  "tcp option maxseg size set 1360")
+
+
 def check_ike_listening() -> Result:
     """charon listens on UDP 500 and 4500 once it runs; /proc/net/udp{,6} say so."""
     ports: set[int] = set()
@@ -460,7 +516,8 @@ def diagnose(config_path: str) -> list[Result]:
     results += [check_strongswan_version(version, policy_only), vici_result,
                 check_ike_listening(), check_firewall()]
     if config is not None:
-        results += [check_rp_filter(config), *check_routes(config), check_frr(config)]
+        results += [check_rp_filter(config), check_mtu(config), *check_routes(config),
+                    check_frr(config)]
     return results
 
 
