@@ -126,9 +126,6 @@ class Metrics:
         for t in tunnels:
             self.tunnel_active.labels(connection, t).set(1 if t == active else 0)
 
-    def failover(self, connection: str, old: str, new: str, reason: str) -> None:
-        self.failovers.labels(connection, old, new, failover_reason(reason)).inc()
-
     def probe(self, connection: str, tunnel: str, ok: bool, rtt: float | None) -> None:
         self.probes_sent.labels(connection, tunnel).inc()
         if ok and rtt is not None:
@@ -138,6 +135,9 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def failover(self, connection: str, old: str, new: str, reason: str) -> None:
+        self.failovers.labels(connection, old, new, failover_reason(reason)).inc()
 
     def serve(self, listen: str) -> None:
         """Serve /metrics on host:port (the daemon's `metrics_listen`; "" disables it)."""
