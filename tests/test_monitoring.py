@@ -120,3 +120,54 @@ def test_the_name_check_catches_a_typo():
     assert metric_names_in(
         'histogram_quantile(0.95, sum by (le, tunnel) (rate(vpnd_probe_rtt_seconds_bucket[$__rate_interval])))'
     ) == {"vpnd_probe_rtt_seconds_bucket"}
+
+
+def grafana_to_promql(expr: str) -> str:
+    """What Grafana sends: its variables substituted."""
+    expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "1m")
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+@needs_promtool
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    """promtool parses every dashboard query, written out as recording rules."""
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, (_, expr) in enumerate(dashboard_queries()):
+        lines += [f"      - record: dashboard:query{i}", f"        expr: {json.dumps(grafana_to_promql(expr))}"]
+    rules = tmp_path / "dashboard.rules.yml"
+    rules.write_text("\n".join(lines) + "\n")
+    r = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_state_timeline_encodes_each_state_as_its_mapping(tmp_path):
+    """The 'Tunnel state' panel turns the one-hot series into one number per tunnel; promtool
+    evaluates it for every state and the panel's value mapping must name that state."""
+    from vpnd.metrics import TUNNEL_STATES
+
+    panel = next(p for p in dashboard()["panels"] if p["title"] == "Tunnel state")
+    expr = grafana_to_promql(panel["targets"][0]["expr"])
+    mapping = {int(k): v["text"] for k, v in
+               panel["fieldConfig"]["defaults"]["mappings"][0]["options"].items()}
+    assert set(mapping.values()) == set(TUNNEL_STATES)
+    (tmp_path / "r.yml").write_text(
+        "groups:\n  - name: s\n    rules:\n      - record: tunnel:state_code\n"
+        f"        expr: {json.dumps(expr)}\n")
+    series, expected = [], []
+    for i, current in enumerate(TUNNEL_STATES):
+        for s in TUNNEL_STATES:
+            series.append(f"      - series: 'vpnd_tunnel_state{{job=\"vpnd\",connection=\"c\","
+                          f"tunnel=\"t{i}\",state=\"{s}\"}}'\n        values: '{int(s == current)}x2'")
+        code = next(k for k, v in mapping.items() if v == current)
+        expected.append(f"          - labels: 'tunnel:state_code{{job=\"vpnd\",connection=\"c\","
+                        f"tunnel=\"t{i}\"}}'\n            value: {code}")
+    (tmp_path / "t.yml").write_text(
+        "rule_files: [r.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n"
+        "    input_series:\n" + "\n".join(series) + "\n    promql_expr_test:\n"
+        f"      - expr: tunnel:state_code\n        eval_time: 1m\n        exp_samples:\n"
+        + "\n".join(expected) + "\n")
+    r = subprocess.run(["promtool", "test", "rules", "t.yml"], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
