@@ -259,3 +259,28 @@ def test_rp_filter_reads_existing_interfaces_and_the_default_for_new_ones(tmp_pa
         after = doctor_in(ns, config)[1]["rp_filter"]
     assert before["status"] == WARN and "ipsec0, ipsec1" in before["detail"]
     assert after["status"] == PASS
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("routing", ["route", "bgp"])
+def test_the_lab_gateway_passes(make_lab, routing):
+    """The lab's customer gateway (real charon, its uplink, its config; real FRR in BGP mode)
+    is what a working gateway looks like: everything the doctor can check there passes."""
+    lab = make_lab(routing=routing)
+    config = lab.lab.dir / "doctor.toml"
+    text = (lab.lab.dir / "vpnd.toml").read_text()
+    if routing == "bgp" and "frr_vty_socket" not in text:     # the lab's FRR keeps its own sockets
+        from vpnd.lab.frr import vty_dir
+        text = text.replace("[daemon]\n", f'[daemon]\nfrr_vty_socket = "{vty_dir(lab.lab, "cgw")}"\n', 1)
+    config.write_text(text)
+    config.chmod(0o600)
+    r = subprocess.run(["ip", "netns", "exec", lab.lab.ns("cgw"), VPND, "doctor", "-c",
+                        str(config), "--json"], capture_output=True, text=True, timeout=60)
+    checks = {c["check"]: c for c in json.loads(r.stdout)["checks"]}
+    routes = [n for n in checks if n.startswith("route:")]
+    assert len(routes) == 2
+    assert checks["config"]["status"] in (PASS, WARN)       # the lab uses the seed's sha1
+    for name in ("ip_forward", "vici_socket", "strongswan_version", "ike_ports", "firewall",
+                 "rp_filter", *routes):
+        assert checks[name]["status"] == PASS, checks[name]
+    assert checks["frr"]["status"] == (PASS if routing == "bgp" else SKIP), checks["frr"]
