@@ -82,13 +82,20 @@ def check_xfrm_interface(needed: bool) -> Result:
         return Result(name, WARN, "iproute2 is not installed, cannot test",
                       "apt-get install iproute2")
     link = f"vpnddr{uuid.uuid4().hex[:8]}"
-    r = run("ip", "link", "add", link, "type", "xfrm", "if_id", "0xfffffff0")
-    if r.returncode == 0:
-        run("ip", "link", "del", link)
-        return Result(name, PASS, "the kernel creates XFRM interfaces (type xfrm, if_id)")
+    # older kernels want an underlay device; `lo` always exists
+    for extra in ((), ("dev", "lo")):
+        r = run("ip", "link", "add", link, "type", "xfrm", *extra, "if_id", "0xfffffff0")
+        if r.returncode == 0:
+            run("ip", "link", "del", link)
+            return Result(name, PASS, "the kernel creates XFRM interfaces (type xfrm, if_id)")
+        if "Unknown device type" in r.stderr:
+            break
     err = r.stderr.strip()
     if "Operation not permitted" in err:
         return Result(name, WARN, f"cannot test without CAP_NET_ADMIN: {err}", "run vpnd doctor as root")
+    if "Unknown device type" not in err:
+        return Result(name, WARN, f"creating a test XFRM interface failed: {err}",
+                      "check `ip link add x0 type xfrm dev eth0 if_id 1` by hand")
     modules = Path("/lib/modules") / os.uname().release
     hint = ("modprobe xfrm_interface" if any(modules.rglob("xfrm_interface.ko*"))
             else "use a kernel with CONFIG_XFRM_INTERFACE (Debian's stock kernel has it)")
