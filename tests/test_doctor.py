@@ -284,3 +284,10 @@ def test_the_lab_gateway_passes(make_lab, routing):
                  "rp_filter", *routes):
         assert checks[name]["status"] == PASS, checks[name]
     assert checks["frr"]["status"] == (PASS if routing == "bgp" else SKIP), checks["frr"]
+
+
+def test_a_check_that_cannot_run_warns_instead_of_crashing():
+    def broken():
+        raise FileNotFoundError(2, "No such file or directory", "nft")
+    r = doctor.guarded("firewall", broken)
+    assert r.status == WARN and "FileNotFoundError" in r.detail and r.fix

@@ -510,21 +510,35 @@ def check_ike_listening() -> Result:
 
 # --- running and printing ----------------------------------------------------------------
 
+def guarded(name: str, check: Callable[..., Any], *args: Any) -> Any:
+    """One broken check (a missing tool, a timeout) must not hide the others' answers, nor
+    print a traceback."""
+    try:
+        return check(*args)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return Result(name, WARN, f"could not check: {type(exc).__name__}: {exc}",
+                      "run vpnd doctor as root with iproute2 and nftables installed")
+
+
 def diagnose(config_path: str) -> list[Result]:
     config_result, config = check_config(config_path)
-    results = [config_result, check_ip_forward()]
+    results = [config_result, guarded("ip_forward", check_ip_forward)]
     needs_xfrm = config is None or any(
         c.routing != "policy" and any(t.interface_kind == "xfrm" for t in c.tunnels)
         for c in config.connections)
-    results.append(check_xfrm_interface(needs_xfrm))
+    results.append(guarded("xfrm_interface", check_xfrm_interface, needs_xfrm))
     vici_socket = config.daemon.vici_socket if config else "/var/run/charon.vici"
     vici_result, version = check_vici(vici_socket)
     policy_only = config is not None and all(c.routing == "policy" for c in config.connections)
-    results += [check_strongswan_version(version, policy_only), vici_result,
-                check_ike_listening(), check_firewall()]
+    results += [guarded("strongswan_version", check_strongswan_version, version, policy_only),
+                vici_result, guarded("ike_ports", check_ike_listening),
+                guarded("firewall", check_firewall)]
     if config is not None:
-        results += [check_rp_filter(config), check_mtu(config), *check_routes(config),
-                    check_frr(config)]
+        routes = guarded("routes", check_routes, config)
+        results += [guarded("rp_filter", check_rp_filter, config),
+                    guarded("mtu", check_mtu, config),
+                    *(routes if isinstance(routes, list) else [routes]),
+                    guarded("frr", check_frr, config)]
     return results
 
 
