@@ -19,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a configuration file (like nginx -t)")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
 
+    p = sub.add_parser("doctor", help="check this machine against the troubleshooting list "
+                                      "(ip_forward, XFRM, charon, firewall, routes, FRR)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--json", action="store_true", help="machine-readable results")
+
     p = sub.add_parser("render", help="show what vpnd will apply: swanctl, frr, or the cloud-side sheet")
     p.add_argument("what", choices=["swanctl", "frr", "peer"])
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         from vpnd.config.check import main as run
+    elif args.command == "doctor":
+        from vpnd.doctor import main as run
     elif args.command == "render":
         from vpnd.render import main as run
     elif args.command == "run":

@@ -84,7 +84,7 @@ class Daemon:
         self._active[a.connection] = a.tunnel
         self.metrics.set_active(a.connection, tuple(t.name for t in conn.tunnels), a.tunnel)
         if previous is not None and a.tunnel is not None and previous != a.tunnel:
-            self.metrics.failovers.labels(a.connection, previous, a.tunnel, a.reason).inc()
+            self.metrics.failover(a.connection, previous, a.tunnel, a.reason)
         log.info("connection.active_changed", connection=a.connection, active=a.tunnel,
                  previous=previous, reason=a.reason, withdraw=a.withdraw)
         routes = self.routes.get(a.connection)

@@ -15,6 +15,19 @@ from vpnd.config.model import Config
 
 TUNNEL_STATES = ("down", "connecting", "phase1_failed", "ike_up", "phase2_failed", "established")
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# The failover policy explains a switch in prose ("preferred tunnel1 healthy for 10.3 s: ...");
+# a label needs a closed vocabulary, or every switch would create a new series.
+FAILOVER_REASONS = ("operator", "drained", "preempt", "probe_lost", "probe_rtt", "probe_loss",
+                    "sa_down", "bfd_down", "bgp_down", "other")
+
+
+def failover_reason(text: str) -> str:
+    """The `reason` label for a failover, from the policy's reason text."""
+    rules = (("operator:", "operator"), (" drained", "drained"), ("switched back", "preempt"),
+             ("probes lost", "probe_lost"), ("probe RTT", "probe_rtt"),
+             ("probe loss", "probe_loss"), ("CHILD SA not installed", "sa_down"),
+             ("BFD down", "bfd_down"), ("BGP session", "bgp_down"))
+    return next((label for needle, label in rules if needle in text), "other")
 
 
 class Metrics:
@@ -122,6 +135,9 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def failover(self, connection: str, old: str, new: str, reason: str) -> None:
+        self.failovers.labels(connection, old, new, failover_reason(reason)).inc()
 
     def serve(self, listen: str) -> None:
         """Serve /metrics on host:port (the daemon's `metrics_listen`; "" disables it)."""

@@ -1,0 +1,567 @@
+"""`vpnd doctor`: the vendor's troubleshooting list, run live on this machine.
+
+Each check reads the real system (sysctls, the kernel's XFRM support, charon over VICI, the
+nftables ruleset, the routing table, FRR's vtysh) and answers PASS, WARN, FAIL or SKIP with
+a one-line fix, so the 3 a.m. operator gets the seeds' FAQ ("tunnel established but traffic
+does not flow": ip_forward, firewall, routes) answered for this box instead of read. Run it
+in another network namespace with `ip netns exec NS vpnd doctor`. Exit 1 when anything FAILs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
+
+from vpnd.config.model import Config, ConfigError
+
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+MIN_STRONGSWAN = (5, 8, 0)          # seed 003: XFRM interfaces need strongSwan 5.8.0 or later
+IKE_PORTS = (500, 4500)
+CHARON_PATHS = ("/usr/lib/ipsec/charon", "/usr/libexec/ipsec/charon",
+                "/usr/libexec/strongswan/charon")
+
+
+@dataclass(frozen=True)
+class Result:
+    check: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def run(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def sysctl(name: str, proc: Path = Path("/proc/sys")) -> int | None:
+    return _read_int(proc / name.replace(".", "/"))
+
+
+def ipv4_conf(ifname: str, key: str) -> int | None:
+    """net.ipv4.conf.IF.KEY; by path, since interface names may contain dots (eth0.100)."""
+    return _read_int(Path("/proc/sys/net/ipv4/conf") / ifname / key)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# --- checks that need no configuration ---------------------------------------------------
+
+def check_ip_forward() -> Result:
+    value = sysctl("net.ipv4.ip_forward")
+    if value == 1:
+        return Result("ip_forward", PASS, "net.ipv4.ip_forward = 1")
+    return Result("ip_forward", FAIL,
+                  f"net.ipv4.ip_forward = {value}: the gateway does not route between the LAN "
+                  "and the tunnels",
+                  "echo 'net.ipv4.ip_forward = 1' > /etc/sysctl.d/90-vpnd.conf && sysctl --system")
+
+
+def check_xfrm_interface(needed: bool) -> Result:
+    """Creates and deletes a throwaway XFRM link: the only proof the kernel can do it."""
+    name = "xfrm_interface"
+    if not needed:
+        return Result(name, SKIP, "no connection uses an XFRM interface vpnd creates")
+    if not Path("/proc/net/xfrm_stat").exists():
+        return Result(name, FAIL, "this kernel has no XFRM (IPsec) support: /proc/net/xfrm_stat "
+                      "is missing", "use a kernel built with CONFIG_XFRM and CONFIG_XFRM_INTERFACE")
+    if shutil.which("ip") is None:
+        return Result(name, WARN, "iproute2 is not installed, cannot test",
+                      "apt-get install iproute2")
+    link = f"vpnddr{uuid.uuid4().hex[:8]}"
+    # older kernels want an underlay device; `lo` always exists
+    for extra in ((), ("dev", "lo")):
+        r = run("ip", "link", "add", link, "type", "xfrm", *extra, "if_id", "0xfffffff0")
+        if r.returncode == 0:
+            run("ip", "link", "del", link)
+            return Result(name, PASS, "the kernel creates XFRM interfaces (type xfrm, if_id)")
+        if "Unknown device type" in r.stderr:
+            break
+    err = r.stderr.strip()
+    if "Operation not permitted" in err:
+        return Result(name, WARN, f"cannot test without CAP_NET_ADMIN: {err}", "run vpnd doctor as root")
+    if "Unknown device type" not in err:
+        return Result(name, WARN, f"creating a test XFRM interface failed: {err}",
+                      "check `ip link add x0 type xfrm dev eth0 if_id 1` by hand")
+    modules = Path("/lib/modules") / os.uname().release
+    hint = ("modprobe xfrm_interface" if any(modules.rglob("xfrm_interface.ko*"))
+            else "use a kernel with CONFIG_XFRM_INTERFACE (Debian's stock kernel has it)")
+    return Result(name, FAIL, f"this kernel cannot create XFRM interfaces ({err})",
+                  f"{hint}; or set routing = \"policy\" / interface_kind = \"existing\"")
+
+
+def _version_tuple(text: str) -> tuple[int, int, int] | None:
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def vici_version(path: str, timeout: float = 3.0) -> dict[str, str]:
+    """charon's `version` answer over VICI; raises OSError when the socket does not answer."""
+    import vici
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        answer = vici.Session(sock=sock).version()
+    except OSError:
+        sock.close()
+        raise
+    except Exception as exc:            # a protocol error is an unreachable daemon to the user
+        sock.close()
+        raise OSError(f"VICI protocol error: {exc}") from exc
+    sock.close()
+    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in answer.items()}
+
+
+def check_vici(path: str) -> tuple[Result, str | None]:
+    name = "vici_socket"
+    try:
+        info = vici_version(path)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        return Result(name, FAIL, f"charon's VICI socket {path} does not answer: {why}",
+                      "start charon (systemctl start strongswan) with the vici plugin, or set "
+                      "daemon.vici_socket to its socket"), None
+    return Result(name, PASS, f"{info.get('daemon', 'charon')} {info.get('version', '?')} "
+                  f"answers on {path}"), info.get("version")
+
+
+def check_strongswan_version(from_vici: str | None, policy_only: bool) -> Result:
+    name = "strongswan_version"
+    text, source = from_vici, "charon over VICI"
+    if text is None:
+        for binary in CHARON_PATHS:
+            if Path(binary).exists():
+                try:
+                    r = run(binary, "--version", timeout=5)
+                except subprocess.TimeoutExpired:
+                    continue
+                text, source = r.stdout + r.stderr, binary
+                break
+    version = _version_tuple(text or "")
+    if version is None:
+        return Result(name, FAIL, "strongSwan's charon is not installed",
+                      "apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins")
+    shown = ".".join(map(str, version))
+    if version >= MIN_STRONGSWAN:
+        return Result(name, PASS, f"strongSwan {shown} ({source})")
+    need = ".".join(map(str, MIN_STRONGSWAN))
+    return Result(name, WARN if policy_only else FAIL,
+                  f"strongSwan {shown} is older than {need}, which XFRM interfaces (if_id) need",
+                  f"upgrade strongSwan to {need} or later")
+
+
+# --- the firewall: does the ruleset let IKE, NAT-T and ESP in? ---------------------------
+
+@dataclass(frozen=True)
+class Packet:
+    """What charon receives: IKE (udp/500), NAT-T (udp/4500), ESP (IP protocol 50)."""
+
+    l4proto: str
+    dport: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.l4proto}/{self.dport}" if self.dport else self.l4proto
+
+
+PACKETS = (Packet("udp", 500), Packet("udp", 4500), Packet("esp"))
+PROTO_NUMBERS = {"udp": 17, "esp": 50, "tcp": 6, "icmp": 1}
+UNKNOWN = object()      # a match this evaluator does not understand
+
+
+def _value_matches(right: Any, value: Any) -> bool:
+    if isinstance(right, dict) and "set" in right:
+        return any(_value_matches(r, value) for r in right["set"])
+    if isinstance(right, dict) and "range" in right:
+        lo, hi = right["range"]
+        return isinstance(value, int) and lo <= value <= hi
+    if isinstance(right, list):
+        return any(_value_matches(r, value) for r in right)
+    if isinstance(value, str) and isinstance(right, int):
+        return PROTO_NUMBERS.get(value) == right
+    return right == value
+
+
+def _match(expr: dict, pkt: Packet) -> Any:
+    """True/False for a match on protocol or destination port, UNKNOWN for anything else
+    (addresses, interfaces, conntrack state...)."""
+    left, right, op = expr.get("left"), expr.get("right"), expr.get("op", "==")
+    if op not in ("==", "!=", "in"):
+        return UNKNOWN
+    value: Any = UNKNOWN
+    if isinstance(left, dict) and "meta" in left and left["meta"].get("key") == "l4proto":
+        value = pkt.l4proto
+    elif isinstance(left, dict) and "meta" in left and left["meta"].get("key") == "nfproto":
+        value = "ipv4"
+    elif isinstance(left, dict) and "payload" in left:
+        p = left["payload"]
+        if p.get("protocol") in ("ip", "ip6") and p.get("field") in ("protocol", "nexthdr"):
+            value = pkt.l4proto
+        elif p.get("field") == "dport" and p.get("protocol") in ("udp", "tcp", "th"):
+            if pkt.dport is None or (p["protocol"] != "th" and p["protocol"] != pkt.l4proto):
+                return op == "!="           # an ESP packet has no port; udp dport never matches it
+            value = pkt.dport
+    if value is UNKNOWN:
+        return UNKNOWN
+    hit = _value_matches(right, value)
+    return not hit if op == "!=" else hit
+
+
+def _verdict(rule_exprs: list[dict]) -> tuple[str | None, str | None]:
+    for e in rule_exprs:
+        for v in ("accept", "drop", "reject", "return"):
+            if v in e:
+                return v, None
+        for v in ("jump", "goto"):
+            if v in e:
+                return v, e[v]["target"]
+    return None, None
+
+
+def evaluate_chain(ruleset: dict, family: str, table: str, chain: str, pkt: Packet,
+                   depth: int = 0) -> tuple[str | None, bool]:
+    """(accept/drop/None for "fell through", whether a rule was skipped as not understood)."""
+    uncertain = False
+    if depth > 16:
+        return None, True
+    for rule in ruleset["rules"].get((family, table, chain), []):
+        matched = True
+        for e in rule:
+            if "match" in e:
+                m = _match(e["match"], pkt)
+                if m is UNKNOWN:
+                    matched, uncertain = False, True
+                    break
+                if not m:
+                    matched = False
+                    break
+        if not matched:
+            continue
+        verdict, target = _verdict(rule)
+        if verdict in ("accept",):
+            return "accept", uncertain
+        if verdict in ("drop", "reject"):
+            return "drop", uncertain
+        if verdict == "return":
+            return None, uncertain
+        if verdict in ("jump", "goto"):
+            v, u = evaluate_chain(ruleset, family, table, target, pkt, depth + 1)
+            uncertain |= u
+            if v is not None or verdict == "goto":
+                return v, uncertain
+    return None, uncertain
+
+
+def parse_ruleset(nft_json: str) -> dict:
+    data = json.loads(nft_json)
+    chains, rules = [], {}
+    for item in data.get("nftables", []):
+        if "chain" in item:
+            chains.append(item["chain"])
+        elif "rule" in item:
+            r = item["rule"]
+            rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r.get("expr", []))
+    return {"chains": chains, "rules": rules}
+
+
+def firewall_verdicts(ruleset: dict) -> dict[Packet, tuple[str, str, bool]]:
+    """Per packet: (accept/drop, the chain that decided, uncertain). Every input base chain
+    must let a packet through (a drop in any of them drops it)."""
+    out: dict[Packet, tuple[str, str, bool]] = {}
+    bases = [c for c in ruleset["chains"] if c.get("hook") == "input"
+             and c.get("family") in ("ip", "inet") and c.get("type", "filter") == "filter"]
+    bases.sort(key=lambda c: c.get("prio", 0))
+    for pkt in PACKETS:
+        result = ("accept", "no input chain", False)
+        for c in bases:
+            v, uncertain = evaluate_chain(ruleset, c["family"], c["table"], c["name"], pkt)
+            where = f"{c['family']} {c['table']} {c['name']}"
+            if v is None:
+                v, where = c.get("policy", "accept"), where + " (policy)"
+            if v == "drop":
+                result = ("drop", where, uncertain)
+                break
+            result = ("accept", where, uncertain or result[2])
+        out[pkt] = result
+    return out
+
+
+def check_firewall() -> Result:
+    name = "firewall"
+    if shutil.which("nft") is None:
+        return Result(name, SKIP, "nft is not installed; check iptables -L INPUT -n by hand",
+                      "iptables -I INPUT -p udp -m multiport --dports 500,4500 -j ACCEPT; "
+                      "iptables -I INPUT -p esp -j ACCEPT")
+    r = run("nft", "-j", "list", "ruleset")
+    if r.returncode != 0:
+        return Result(name, WARN, f"cannot read the nftables ruleset: {r.stderr.strip()}",
+                      "run vpnd doctor as root")
+    verdicts = firewall_verdicts(parse_ruleset(r.stdout))
+    blocked = [f"{p} (by {w})" for p, (v, w, _) in verdicts.items() if v == "drop"]
+    uncertain = any(u for _, _, u in verdicts.values())
+    fix = ("nft insert rule <family> <table> <chain> udp dport { 500, 4500 } accept; "
+           "nft insert rule <family> <table> <chain> meta l4proto esp accept")
+    if blocked:
+        surely = not any(u for v, _, u in verdicts.values() if v == "drop")
+        return Result(name, FAIL if surely else WARN,
+                      ("the input rules drop " if surely else "the input rules may drop ")
+                      + ", ".join(blocked)
+                      + ("" if surely else " (rules matching addresses, interfaces or state "
+                         "were not evaluated)"), fix)
+    note = " (rules matching addresses, interfaces or state were not evaluated)" if uncertain else ""
+    return Result(name, WARN if uncertain else PASS,
+                  "the input rules let UDP 500, UDP 4500 and ESP in" + note,
+                  "check the rules that match addresses, interfaces or state: nft list ruleset"
+                  if uncertain else "")
+
+
+# --- checks that read the configuration --------------------------------------------------
+
+def check_config(path: str) -> tuple[Result, Config | None]:
+    from vpnd.config.load import load_file_with_warnings
+
+    try:
+        config, warnings = load_file_with_warnings(path)
+    except ConfigError as exc:
+        first = exc.errors[0] if exc.errors else None
+        more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+        return Result("config", FAIL, f"{path}: {first}{more}", f"vpnd check -c {path}"), None
+    except Exception as exc:        # a bug in vpnd: no traceback, no file contents
+        return Result("config", FAIL, f"{path}: internal error while loading "
+                      f"({type(exc).__name__})", "please report it"), None
+    if warnings:
+        return Result("config", WARN, f"{path}: {warnings[0]}" +
+                      (f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""),
+                      f"vpnd check -c {path}"), config
+    from vpnd.config.check import summary
+    return Result("config", PASS, f"{path}: {summary(config)}"), config
+
+
+def _tunnel_interfaces(config: Config) -> list[str]:
+    return [t.interface for c in config.connections if c.routing != "policy" for t in c.tunnels]
+
+
+def check_rp_filter(config: Config) -> Result:
+    """Strict reverse-path filtering drops replies that arrive on the other tunnel during a
+    switch. The effective value is the higher of `all` and the interface's own; an interface
+    vpnd has not created yet will start from `default`. (Read here rather than through
+    vpnd.links, which would import pyroute2 and double the doctor's start-up time.)"""
+    name = "rp_filter"
+    interfaces = _tunnel_interfaces(config)
+    if not interfaces:
+        return Result(name, SKIP, "no tunnel interfaces (policy mode)")
+    every = ipv4_conf("all", "rp_filter") or 0
+    strict = []
+    for ifname in interfaces:
+        own = ipv4_conf(ifname, "rp_filter")
+        if own is None:
+            own = ipv4_conf("default", "rp_filter") or 0
+        if max(every, own) == 1:
+            strict.append(ifname)
+    if strict:
+        return Result(name, WARN, f"rp_filter is strict (1) for {', '.join(strict)}: return "
+                      "traffic arriving on the other tunnel during a switch is dropped",
+                      "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.default.rp_filter=2 "
+                      "(loose), and the same for each tunnel interface, persisted in /etc/sysctl.d/")
+    return Result(name, PASS, f"rp_filter is loose or off for {', '.join(interfaces)}")
+
+
+def _local_addresses() -> set[str] | None:
+    r = run("ip", "-j", "addr", "show")
+    if r.returncode != 0:
+        return None
+    return {a["local"] for link in json.loads(r.stdout or "[]") for a in link.get("addr_info", [])}
+
+
+def check_routes(config: Config) -> list[Result]:
+    """The cloud's IPsec addresses must be reached over the underlay, never through a tunnel,
+    from an address this machine has (charon binds it)."""
+    out = []
+    local = _local_addresses()
+    tunnel_ifs = set(_tunnel_interfaces(config))
+    for c in config.connections:
+        for t in c.tunnels:
+            name = f"route:{c.name}/{t.name}"
+            if local is not None and str(t.local_address) not in local:
+                out.append(Result(name, FAIL, f"local_address {t.local_address} is not an address "
+                                  "of this machine: charon cannot send IKE from it",
+                                  f"add {t.local_address} to the uplink interface or fix "
+                                  f"connection {c.name} tunnel {t.name} local_address"))
+                continue
+            r = run("ip", "-j", "route", "get", str(t.remote_address), "from", str(t.local_address))
+            if r.returncode != 0:
+                out.append(Result(name, FAIL, f"no route to the cloud's IPsec address "
+                                  f"{t.remote_address}: {r.stderr.strip()}",
+                                  "add a default route (or a route to the cloud's IPsec "
+                                  "addresses) via the Internet uplink"))
+                continue
+            hop = (json.loads(r.stdout) or [{}])[0]
+            dev, via = hop.get("dev", "?"), hop.get("gateway")
+            if dev in tunnel_ifs:
+                out.append(Result(name, FAIL, f"{t.remote_address} is routed into tunnel "
+                                  f"interface {dev}: IKE would loop through its own tunnel",
+                                  "remove the route that covers the cloud's IPsec address from "
+                                  "remote_networks / the BGP-learned routes, or add a /32 via the uplink"))
+                continue
+            out.append(Result(name, PASS, f"{t.remote_address} via {via or 'direct'} dev {dev}"))
+    return out
+
+
+def check_frr(config: Config) -> Result:
+    name = "frr"
+    if not any(c.routing == "bgp" for c in config.connections):
+        return Result(name, SKIP, "no connection uses routing = \"bgp\"")
+    d = config.daemon
+    cmd = [d.vtysh_path]
+    if d.frr_pathspace:
+        cmd += ["-N", d.frr_pathspace]
+    if d.frr_vty_socket:
+        cmd += ["--vty_socket", d.frr_vty_socket]
+    if not Path(d.vtysh_path).exists():
+        return Result(name, FAIL, f"{d.vtysh_path} not found", "apt-get install frr, or set daemon.vtysh_path")
+    try:
+        r = run(*cmd, "-c", "show daemons", timeout=10)
+    except subprocess.TimeoutExpired:
+        return Result(name, FAIL, "vtysh did not answer within 10 s", "systemctl restart frr")
+    if r.returncode != 0:
+        return Result(name, FAIL, f"vtysh cannot reach FRR: {(r.stderr or r.stdout).strip()}",
+                      "systemctl start frr; vpnd needs membership in group frrvty (see the unit)")
+    if "bgpd" not in r.stdout.split():
+        return Result(name, FAIL, f"FRR runs without bgpd (daemons: {r.stdout.strip()})",
+                      "set bgpd=yes in /etc/frr/daemons and systemctl restart frr")
+    return Result(name, PASS, f"vtysh reaches FRR; daemons: {r.stdout.strip()}")
+
+
+# ESP in UDP costs up to 85 bytes: outer IPv4 20 + UDP 8 + ESP 8 + AES IV 16 + padding 15 +
+# trailer 2 + ICV 16 (sha256; 12 for sha1). A tunnel MTU above 1500 - 85 relies on PMTU discovery.
+TUNNEL_MTU_MAX = 1415
+
+
+def _fixed_mss_clamp(nft_json: str) -> bool:
+    """A forward rule `tcp option maxseg size set N` with a number (not `rt mtu`, which
+    follows the interface's 1500 and clamps nothing)."""
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            m = node.get("mangle")
+            if isinstance(m, dict) and "maxseg" in json.dumps(m.get("key")) \
+                    and isinstance(m.get("value"), int):
+                return True
+            return any(walk(v) for v in node.values())
+        return isinstance(node, list) and any(walk(v) for v in node)
+    try:
+        return walk(json.loads(nft_json))
+    except ValueError:
+        return False
+
+
+def check_mtu(config: Config) -> Result:
+    name = "mtu"
+    interfaces = _tunnel_interfaces(config)
+    if not interfaces:
+        return Result(name, SKIP, "no tunnel interfaces (policy mode)")
+    r = run("ip", "-j", "link", "show")
+    links = {l["ifname"]: l.get("mtu") for l in json.loads(r.stdout or "[]")} if r.returncode == 0 else {}
+    present = {i: links[i] for i in interfaces if i in links}
+    if not present:
+        return Result(name, SKIP, f"{', '.join(interfaces)} not created yet (vpnd creates them)")
+    big = [f"{i} {m}" for i, m in present.items() if isinstance(m, int) and m > TUNNEL_MTU_MAX]
+    if not big:
+        return Result(name, PASS, "tunnel MTU leaves room for ESP: " +
+                      ", ".join(f"{i} {m}" for i, m in present.items()))
+    nft = run("nft", "-j", "list", "ruleset") if shutil.which("nft") else None
+    if nft is not None and nft.returncode == 0 and _fixed_mss_clamp(nft.stdout):
+        return Result(name, PASS, f"MTU {', '.join(big)}, TCP MSS clamped to a fixed size")
+    return Result(name, WARN, f"MTU {', '.join(big)} does not leave room for ESP overhead and no "
+                  "TCP MSS clamp: large TCP transfers stall when ICMP 'fragmentation needed' "
+                  "is filtered", "nft add rule inet filter forward oifname \"ipsec*\" tcp flags syn "
+                  "tcp option maxseg size set 1360")
+
+
+def check_ike_listening() -> Result:
+    """charon listens on UDP 500 and 4500 once it runs; /proc/net/udp{,6} say so."""
+    ports: set[int] = set()
+    for f in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(f).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        ports |= {int(line.split()[1].rsplit(":", 1)[1], 16) for line in lines if line.strip()}
+    missing = [p for p in IKE_PORTS if p not in ports]
+    if missing:
+        return Result("ike_ports", FAIL, f"nothing listens on UDP {', '.join(map(str, missing))}",
+                      "start charon (systemctl start strongswan); check charon.port / "
+                      "charon.port_nat_t in strongswan.conf")
+    return Result("ike_ports", PASS, "UDP 500 and 4500 are open (charon)")
+
+
+# --- running and printing ----------------------------------------------------------------
+
+def guarded(name: str, check: Callable[..., Any], *args: Any) -> Any:
+    """One broken check (a missing tool, a timeout) must not hide the others' answers, nor
+    print a traceback."""
+    try:
+        return check(*args)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return Result(name, WARN, f"could not check: {type(exc).__name__}: {exc}",
+                      "run vpnd doctor as root with iproute2 and nftables installed")
+
+
+def diagnose(config_path: str) -> list[Result]:
+    config_result, config = check_config(config_path)
+    results = [config_result, guarded("ip_forward", check_ip_forward)]
+    needs_xfrm = config is None or any(
+        c.routing != "policy" and any(t.interface_kind == "xfrm" for t in c.tunnels)
+        for c in config.connections)
+    results.append(guarded("xfrm_interface", check_xfrm_interface, needs_xfrm))
+    vici_socket = config.daemon.vici_socket if config else "/var/run/charon.vici"
+    vici_result, version = check_vici(vici_socket)
+    policy_only = config is not None and all(c.routing == "policy" for c in config.connections)
+    results += [guarded("strongswan_version", check_strongswan_version, version, policy_only),
+                vici_result, guarded("ike_ports", check_ike_listening),
+                guarded("firewall", check_firewall)]
+    if config is not None:
+        routes = guarded("routes", check_routes, config)
+        results += [guarded("rp_filter", check_rp_filter, config),
+                    guarded("mtu", check_mtu, config),
+                    *(routes if isinstance(routes, list) else [routes]),
+                    guarded("frr", check_frr, config)]
+    return results
+
+
+def render_text(results: Iterable[Result], out: TextIO) -> None:
+    results = list(results)
+    width = max(len(r.check) for r in results)
+    for r in results:
+        print(f"{r.status:<4}  {r.check:<{width}}  {r.detail}", file=out)
+        if r.fix and r.status in (WARN, FAIL):
+            print(f"{'':<4}  {'':<{width}}  fix: {r.fix}", file=out)
+    counts = {s: sum(r.status == s for r in results) for s in (PASS, WARN, FAIL, SKIP)}
+    print(", ".join(f"{n} {s.lower()}" for s, n in counts.items()), file=out)
+
+
+def main(args: Any, out: TextIO | None = None,
+         checks: Callable[[str], list[Result]] = diagnose) -> int:
+    out = out or sys.stdout
+    results = checks(args.config)
+    if args.json:
+        json.dump({"ok": not any(r.status == FAIL for r in results),
+                   "checks": [asdict(r) for r in results]}, out, indent=2)
+        print(file=out)
+    else:
+        render_text(results, out)
+    return 1 if any(r.status == FAIL for r in results) else 0
+
