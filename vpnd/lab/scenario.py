@@ -40,6 +40,10 @@ class Options:
     dpd_delay: int = 10
     cloud_psk: tuple[str, str] | None = None     # a different cloud PSK: phase 1 must fail
     cloud_esp: str | None = None                  # a different cloud ESP cipher: phase 2 must fail
+    frr_by_vpnd: bool = False          # bgp: leave cgw's FRR empty, vpnd configures it
+    bgp_timers: tuple[int, int] = (1, 3)          # keepalive, hold
+    bfd_ms: int | None = None          # bgp: BFD on both sides with this tx/rx interval (x3)
+    standby: str = "prepend"           # bgp: prepend | ecmp
 
 
 def emulated() -> bool:
@@ -89,13 +93,14 @@ def write_config(lab: Lab, opts: Options) -> Path:
             t += ["[connection.tunnel.bgp]", f'tunnel_cidr = "{net}"', f'local_ip = "{inner_ours}"',
                   f'peer_ip = "{inner_theirs}"']
         tunnels.append("\n".join(t))
+    frr_line = f'frr_vty_socket = "{lab.dir / "frr-cgw"}"\n' if opts.routing == "bgp" else ""
     text = f"""# written by `vpnd lab` for lab {lab.prefix} ({opts.backend} backend)
 [daemon]
 log_format = "json"
 metrics_listen = "127.0.0.1:9456"
 control_socket = "{lab.dir}/control.sock"
 vici_socket = "{daemons.vici_path(lab, 'cgw')}"
-
+{frr_line}
 [[connection]]
 name = "vpc1"
 routing = "{opts.routing}"
@@ -112,13 +117,19 @@ retries = {opts.retries}{"" if opts.timeout is None else chr(10) + "timeout = " 
 [connection.failover]
 preempt_delay = {opts.preempt_delay}
 hold_down = 1.0
-""" + ("""
+""" + (f"""
 [connection.bgp]
 local_asn = 65530
 peer_asn = 45104
-keepalive = 1
-hold = 3
-""" if opts.routing == "bgp" else "") + "\n" + "\n\n".join(tunnels) + "\n"
+keepalive = {opts.bgp_timers[0]}
+hold = {opts.bgp_timers[1]}
+standby = "{opts.standby}"
+""" + ("" if opts.bfd_ms is None else f"""
+[connection.bgp.bfd]
+enabled = true
+receive_interval_ms = {opts.bfd_ms}
+transmit_interval_ms = {opts.bfd_ms}
+""") if opts.routing == "bgp" else "") + "\n" + "\n\n".join(tunnels) + "\n"
     path = lab.dir / "vpnd.toml"
     path.write_text(text)
     path.chmod(0o600)
@@ -229,13 +240,14 @@ def up(lab: Lab, opts: Options) -> Config:
     build_overlay(lab, config, opts)
     load_cloud(lab, config, opts)
     if opts.routing == "bgp":
-        start_bgp(lab, config)
+        start_bgp(lab, config, cgw=not opts.frr_by_vpnd)
     return config
 
 
-def start_bgp(lab: Lab, config: Config) -> None:
+def start_bgp(lab: Lab, config: Config, *, cgw: bool = True) -> None:
     """FRR in both gateways: the cloud from `peer_frr` of the same TOML. Our side gets
-    `vpnd render frr` applied with vtysh until vpnd drives FRR itself (the BGP mode issue)."""
+    `vpnd render frr` applied with vtysh when cgw=True; otherwise it starts empty and vpnd
+    configures it (BGP mode)."""
     from vpnd.lab import frr
     from vpnd.render import frr as render_frr
     from vpnd.render import peer
@@ -245,4 +257,5 @@ def start_bgp(lab: Lab, config: Config) -> None:
     for role in ("cgw", "cloud"):
         frr.start(lab, role)
     frr.apply(lab, "cloud", peer.peer_frr(config.connections[0]).text())
-    frr.apply(lab, "cgw", render_frr.frr_config(config).text())
+    if cgw:
+        frr.apply(lab, "cgw", render_frr.frr_config(config).text())
