@@ -44,6 +44,7 @@ class Options:
     bgp_timers: tuple[int, int] = (1, 3)          # keepalive, hold
     bfd_ms: int | None = None          # bgp: BFD on both sides with this tx/rx interval (x3)
     standby: str = "prepend"           # bgp: prepend | ecmp
+    switch_route: bool = True          # False: probes only report (bgp: BGP timers/BFD decide)
 
 
 def emulated() -> bool:
@@ -113,7 +114,7 @@ destination = "{p.vpc_host}"
 source = "{p.cgw_lan}"
 interval = {opts.interval}
 retries = {opts.retries}{"" if opts.timeout is None else chr(10) + "timeout = " + str(opts.timeout)}
-
+{"" if opts.switch_route else "switch_route = false" + chr(10)}
 [connection.failover]
 preempt_delay = {opts.preempt_delay}
 hold_down = 1.0
