@@ -39,19 +39,7 @@ class BgpAdapter:
     def __init__(self, config: Config, *, on_event: Callable[[Any], None], metrics: Any = None,
                  poll_interval: float = 0.5, resync_interval: float = 10.0, timeout: float = 5.0,
                  target: VtyshTarget | None = None) -> None:
-        from vpnd.render.frr import bgp_connections, frr_config
-
-        self.config = config
-        self.rendered = frr_config(config)
-        self.conns = bgp_connections(config)
-        self.asn = self.conns[0].bgp.local_asn
-        self.router = f"router bgp {self.asn}"
-        self.peers: dict[str, E.TunnelKey] = {}
-        for c in self.conns:
-            for t in c.tunnels:
-                if t.bgp is not None:
-                    self.peers[str(t.bgp.peer_ip)] = E.TunnelKey(c.name, t.name)
-        self.bfd = any(c.bgp.bfd.enabled for c in self.conns)
+        self._use(config)
         self.on_event = on_event
         self.metrics = metrics
         self.poll_interval = poll_interval
@@ -73,6 +61,30 @@ class BgpAdapter:
         self._down_since: float | None = None
 
     # --- configuration ---------------------------------------------------------------------
+
+    def _use(self, config: Config) -> None:
+        from vpnd.render.frr import bgp_connections, frr_config
+
+        self.config = config
+        self.rendered = frr_config(config)
+        self.conns = bgp_connections(config)
+        self.asn = self.conns[0].bgp.local_asn
+        self.router = f"router bgp {self.asn}"
+        self.peers: dict[str, E.TunnelKey] = {}
+        for c in self.conns:
+            for t in c.tunnels:
+                if t.bgp is not None:
+                    self.peers[str(t.bgp.peer_ip)] = E.TunnelKey(c.name, t.name)
+        self.bfd = any(c.bgp.bfd.enabled for c in self.conns)
+
+    async def reconfigure(self, config: Config) -> list[Change]:
+        """A reloaded (validated) config: applied by difference, neighbor states kept for
+        tunnels that still exist."""
+        self._use(config)
+        self.enabled = {k: self.enabled.get(k, True) for k in self.peers.values()}
+        self.sessions = {k: v for k, v in self.sessions.items() if k in self.enabled}
+        self.bfd_state = {k: v for k, v in self.bfd_state.items() if k in self.enabled}
+        return await self.apply()
 
     def wanted(self) -> list[tuple[tuple[str, ...], list[str]]]:
         """The rendered contexts plus `neighbor P shutdown` for every neighbor vpnd holds shut."""
