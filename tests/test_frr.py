@@ -229,3 +229,25 @@ async def test_unreachable_frr_is_retried_with_clear_logs(tmp_path):
     assert [e["event"] for e in logs].count("frr.unreachable") == 1
     assert "no-vtysh" in next(e for e in logs if e["event"] == "frr.unreachable")["error"]
     assert value(m, "vpnd_frr_connected") == 0 and events == []
+
+
+async def test_stopped_bgpd_is_a_counted_timeout_then_a_fresh_session(frr):
+    a, _, m = adapter(frr, timeout=0.5)
+    pid = frr.procs[1].pid
+    with capture_logs() as logs:
+        a.start()
+        try:
+            await _until(lambda: value(m, "vpnd_frr_connected") == 1, 10)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await _until(lambda: value(m, "vpnd_frr_command_errors_total") >= 1, 5)
+                assert value(m, "vpnd_frr_connected") == 0
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await _until(lambda: any(e["event"] == "frr.reconnected" for e in logs), 10)
+            assert a.vtysh.session.stats.spawns >= 2 and a.vtysh.session.stats.timeouts >= 1
+            assert value(m, "vpnd_frr_connected") == 1
+        finally:
+            await a.stop()
+    failed = [e for e in logs if e["event"] == "frr.command_failed"]
+    assert failed and "no answer from FRR" in failed[0]["error"]
