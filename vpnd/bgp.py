@@ -86,9 +86,10 @@ class BgpAdapter:
         self.bfd_state = {k: v for k, v in self.bfd_state.items() if k in self.enabled}
         return await self.apply()
 
-    def wanted(self) -> list[tuple[tuple[str, ...], list[str]]]:
+    def wanted(self, enabled: dict[E.TunnelKey, bool] | None = None) -> list[tuple[tuple[str, ...], list[str]]]:
         """The rendered contexts plus `neighbor P shutdown` for every neighbor vpnd holds shut."""
-        shut = {ip for ip, k in self.peers.items() if not self.enabled.get(k, True)}
+        enabled = self.enabled if enabled is None else enabled
+        shut = {ip for ip, k in self.peers.items() if not enabled.get(k, True)}
         out = []
         for ctx in self.rendered.contexts:
             lines = list(ctx.lines)
@@ -114,7 +115,11 @@ class BgpAdapter:
     async def apply(self) -> list[Change]:
         """Read, diff, issue the difference. Returns the changes (empty: nothing to do)."""
         t0 = time.perf_counter()
-        changes = diff(self.wanted(), await self.running())
+        running = await self.running()
+        # neighbor states as of now (after the read): a SetBgpNeighbor pushed meanwhile is in
+        # `running` or still pending, never undone; the watch loop re-pushes any later change
+        enabled = dict(self.enabled)
+        changes = diff(self.wanted(enabled), running)
         if changes:
             await self.vtysh.configure(script(changes))
         self.config_commands += len(changes)
@@ -123,7 +128,7 @@ class BgpAdapter:
         self.last_apply_ms = round((time.perf_counter() - t0) * 1000, 3)
         self._need_apply = False
         self._last_apply = time.monotonic()
-        self._pushed = dict(self.enabled)
+        self._pushed = enabled
         if changes:
             log.info("frr.applied", commands=len(changes), apply_ms=self.last_apply_ms,
                      changes=[c.command for c in changes if c.command][:20])
