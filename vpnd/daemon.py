@@ -198,11 +198,16 @@ class Daemon:
         if not conns:
             return
         from vpnd.bgp import BgpAdapter
+        from vpnd.render.swanctl import RenderError
 
         intervals = [c.health_check.interval for c in conns if c.health_check is not None]
         poll = max(0.1, min([0.5, *intervals]))
-        self.bgp = BgpAdapter(self.config, on_event=self.sup.post, metrics=self.metrics,
-                              poll_interval=poll)
+        try:
+            self.bgp = BgpAdapter(self.config, on_event=self.sup.post, metrics=self.metrics,
+                                  poll_interval=poll)
+        except RenderError as err:      # e.g. two connections with different local_asn
+            log.error("bgp.not_started", problem=str(err))
+            return
         self.bgp.start()
 
     async def _start_probes(self) -> None:
