@@ -35,6 +35,7 @@ class Daemon:
         self.routes: dict[str, Any] = {}       # connection -> route controller
         self.links: dict[str, Any] = {}        # connection -> link keeper
         self.probes: list[Any] = []
+        self.bgp: Any = None                   # BgpAdapter when a connection uses routing = "bgp"
         self._synced = asyncio.Event()
         self._wire()
         self.board = self._status_board()
@@ -64,6 +65,7 @@ class Daemon:
         sup.on(A.SetActive, self._set_active)
         sup.on(A.RepairRoutes, self._repair_routes)
         sup.on(A.RepairInterface, self._repair_interface)
+        sup.on(A.SetBgpNeighbor, self._set_bgp_neighbor)
 
     async def _initiate(self, a: A.Initiate) -> None:
         # Outcomes arrive as VICI events: fire and forget, never block the reconciler.
@@ -116,6 +118,10 @@ class Daemon:
             log.error("links.repair_failed", connection=a.tunnel.connection, tunnel=t.name,
                       error=str(err))
 
+    async def _set_bgp_neighbor(self, a: A.SetBgpNeighbor) -> None:
+        if self.bgp is not None:        # records and pushes in the background: never stalls
+            await self.bgp.set_neighbor(a.tunnel, a.enabled, a.reason)
+
     _active: dict[str, str | None] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -127,6 +133,7 @@ class Daemon:
         install_signal_handlers(self.sup)
         self.metrics.serve(self.config.daemon.metrics_listen)
         await self._start_routes()
+        self._start_bgp()
         self.charon.desire(desired_from_config(self.config))
         await self.charon.start()
         reconciler = asyncio.create_task(self.sup.reconcile(), name="reconciler")
@@ -152,6 +159,8 @@ class Daemon:
                 await r.set_active(None, withdraw=True)
         for r in self.routes.values():
             await r.stop()
+        if self.bgp is not None:        # FRR keeps its config and sessions, like the routes
+            await self.bgp.stop()
         for k in self.links.values():
             await k.stop()
         await self.charon.stop()
@@ -210,6 +219,25 @@ class Daemon:
                                  netns=self.netns, on_event=self.sup.post)
             await rc.start()
             self.routes[conn.name] = rc
+
+    def _start_bgp(self) -> None:
+        """One FRR adapter for every routing = "bgp" connection (they share one router bgp);
+        it polls about as often as the fastest health check probes, 0.1-0.5 s."""
+        conns = [c for c in self.config.connections if c.routing == "bgp" and c.bgp is not None]
+        if not conns:
+            return
+        from vpnd.bgp import BgpAdapter
+        from vpnd.render.swanctl import RenderError
+
+        intervals = [c.health_check.interval for c in conns if c.health_check is not None]
+        poll = max(0.1, min([0.5, *intervals]))
+        try:
+            self.bgp = BgpAdapter(self.config, on_event=self.sup.post, metrics=self.metrics,
+                                  poll_interval=poll)
+        except RenderError as err:      # e.g. two connections with different local_asn
+            log.error("bgp.not_started", problem=str(err))
+            return
+        self.bgp.start()
 
     async def _start_probes(self) -> None:
         """One prober per tunnel of every connection with a health check."""

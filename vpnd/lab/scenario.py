@@ -42,6 +42,11 @@ class Options:
     cloud_esp: str | None = None                  # a different cloud ESP cipher: phase 2 must fail
     both_down: str = "keep"                       # failover.both_down: keep | withdraw
     hold_down: float = 1.0
+    frr_by_vpnd: bool = False          # bgp: leave cgw's FRR empty, vpnd configures it
+    bgp_timers: tuple[int, int] = (1, 3)          # keepalive, hold
+    bfd_ms: int | None = None          # bgp: BFD on both sides with this tx/rx interval (x3)
+    standby: str = "prepend"           # bgp: prepend | ecmp
+    switch_route: bool = True          # False: probes only report (bgp: BGP timers/BFD decide)
 
 
 def emulated() -> bool:
@@ -91,13 +96,14 @@ def write_config(lab: Lab, opts: Options) -> Path:
             t += ["[connection.tunnel.bgp]", f'tunnel_cidr = "{net}"', f'local_ip = "{inner_ours}"',
                   f'peer_ip = "{inner_theirs}"']
         tunnels.append("\n".join(t))
+    frr_line = f'frr_vty_socket = "{lab.dir / "frr-cgw"}"\n' if opts.routing == "bgp" else ""
     text = f"""# written by `vpnd lab` for lab {lab.prefix} ({opts.backend} backend)
 [daemon]
 log_format = "json"
 metrics_listen = "127.0.0.1:9456"
 control_socket = "{lab.dir}/control.sock"
 vici_socket = "{daemons.vici_path(lab, 'cgw')}"
-
+{frr_line}
 [[connection]]
 name = "vpc1"
 routing = "{opts.routing}"
@@ -110,18 +116,24 @@ destination = "{p.vpc_host}"
 source = "{p.cgw_lan}"
 interval = {opts.interval}
 retries = {opts.retries}{"" if opts.timeout is None else chr(10) + "timeout = " + str(opts.timeout)}
-
+{"" if opts.switch_route else "switch_route = false" + chr(10)}
 [connection.failover]
 preempt_delay = {opts.preempt_delay}
 hold_down = {opts.hold_down}
 both_down = "{opts.both_down}"
-""" + ("""
+""" + (f"""
 [connection.bgp]
 local_asn = 65530
 peer_asn = 45104
-keepalive = 1
-hold = 3
-""" if opts.routing == "bgp" else "") + "\n" + "\n\n".join(tunnels) + "\n"
+keepalive = {opts.bgp_timers[0]}
+hold = {opts.bgp_timers[1]}
+standby = "{opts.standby}"
+""" + ("" if opts.bfd_ms is None else f"""
+[connection.bgp.bfd]
+enabled = true
+receive_interval_ms = {opts.bfd_ms}
+transmit_interval_ms = {opts.bfd_ms}
+""") if opts.routing == "bgp" else "") + "\n" + "\n\n".join(tunnels) + "\n"
     path = lab.dir / "vpnd.toml"
     path.write_text(text)
     path.chmod(0o600)
@@ -232,13 +244,14 @@ def up(lab: Lab, opts: Options) -> Config:
     build_overlay(lab, config, opts)
     load_cloud(lab, config, opts)
     if opts.routing == "bgp":
-        start_bgp(lab, config)
+        start_bgp(lab, config, cgw=not opts.frr_by_vpnd)
     return config
 
 
-def start_bgp(lab: Lab, config: Config) -> None:
+def start_bgp(lab: Lab, config: Config, *, cgw: bool = True) -> None:
     """FRR in both gateways: the cloud from `peer_frr` of the same TOML. Our side gets
-    `vpnd render frr` applied with vtysh until vpnd drives FRR itself (the BGP mode issue)."""
+    `vpnd render frr` applied with vtysh when cgw=True; otherwise it starts empty and vpnd
+    configures it (BGP mode)."""
     from vpnd.lab import frr
     from vpnd.render import frr as render_frr
     from vpnd.render import peer
@@ -248,4 +261,5 @@ def start_bgp(lab: Lab, config: Config) -> None:
     for role in ("cgw", "cloud"):
         frr.start(lab, role)
     frr.apply(lab, "cloud", peer.peer_frr(config.connections[0]).text())
-    frr.apply(lab, "cgw", render_frr.frr_config(config).text())
+    if cgw:
+        frr.apply(lab, "cgw", render_frr.frr_config(config).text())

@@ -1,0 +1,264 @@
+"""BGP mode's adapter: keeps FRR's bgpd (and bfdd) configured as `vpnd render frr` says,
+carries out the core's SetBgpNeighbor, and reports session/BFD state back as events.
+
+- apply(): reads what bgpd and bfdd run (`show running-config bgpd|bfdd`: per daemon, because
+  vtysh's merged view shows a route-map that only zebra still has after bgpd restarted),
+  diffs it against the rendered config (vpnd.frr_diff) and issues only the difference.
+  Unchanged config -> no configuration command (`config_commands` counts them).
+- set_neighbor(): `neighbor P shutdown` / `no neighbor P shutdown`. Shutdown (not a deny
+  route-map) because it withdraws the tunnel's routes from the RIB at once and tells the peer
+  (a Cease) when the tunnel still carries anything, and FRR shows it in its running config, so
+  the wanted state is part of what apply() converges to after FRR restarts.
+  The command runs in the background: a stuck FRR never stalls the reconciler.
+- watch(): polls `show bgp summary json` (and `show bfd peers json` with BFD) every
+  poll_interval, emits BgpSessionChanged / BfdChanged on change, fills the metrics. A bgpd
+  without our router or peers (restarted, config gone) or a respawned vtysh triggers a
+  re-apply; a full diff also runs every resync_interval (zero commands when nothing drifted).
+  FRR unreachable: one warning per outage, retries with backoff up to 10 s, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+from vpnd import logs
+from vpnd.config.model import Config
+from vpnd.core import events as E
+from vpnd.frr import FrrCommandError, FrrError, FrrTimeout, FrrUnavailable, Vtysh, VtyshTarget
+from vpnd.frr_diff import Change, Running, diff, parse_bfd_peers, parse_bgp_summary, parse_running, script
+
+log = logs.get("vpnd.bgp")
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 10.0
+
+
+class BgpAdapter:
+    def __init__(self, config: Config, *, on_event: Callable[[Any], None], metrics: Any = None,
+                 poll_interval: float = 0.5, resync_interval: float = 10.0, timeout: float = 5.0,
+                 target: VtyshTarget | None = None) -> None:
+        self._use(config)
+        self.on_event = on_event
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        self.resync_interval = resync_interval
+        self.vtysh = Vtysh(target or VtyshTarget.from_config(config.daemon), timeout=timeout,
+                           on_error=self._command_failed)
+        self.enabled: dict[E.TunnelKey, bool] = {k: True for k in self.peers.values()}
+        self._pushed: dict[E.TunnelKey, bool] = {}
+        self.sessions: dict[E.TunnelKey, bool] = {}
+        self.bfd_state: dict[E.TunnelKey, bool] = {}
+        self.config_commands = 0        # configuration commands issued by apply() (tests read it)
+        self.applies = 0
+        self.last_changes: list[Change] = []
+        self.last_apply_ms: float | None = None
+        self._need_apply = True
+        self._last_apply = 0.0
+        self._task: asyncio.Task | None = None
+        self._push: asyncio.Task | None = None
+        self._down_since: float | None = None
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def _use(self, config: Config) -> None:
+        from vpnd.render.frr import bgp_connections, frr_config
+
+        self.config = config
+        self.rendered = frr_config(config)
+        self.conns = bgp_connections(config)
+        self.asn = self.conns[0].bgp.local_asn
+        self.router = f"router bgp {self.asn}"
+        self.peers: dict[str, E.TunnelKey] = {}
+        for c in self.conns:
+            for t in c.tunnels:
+                if t.bgp is not None:
+                    self.peers[str(t.bgp.peer_ip)] = E.TunnelKey(c.name, t.name)
+        self.bfd = any(c.bgp.bfd.enabled for c in self.conns)
+
+    async def reconfigure(self, config: Config) -> list[Change]:
+        """A reloaded (validated) config: applied by difference, neighbor states kept for
+        tunnels that still exist."""
+        self._use(config)
+        self.enabled = {k: self.enabled.get(k, True) for k in self.peers.values()}
+        self.sessions = {k: v for k, v in self.sessions.items() if k in self.enabled}
+        self.bfd_state = {k: v for k, v in self.bfd_state.items() if k in self.enabled}
+        return await self.apply()
+
+    def wanted(self, enabled: dict[E.TunnelKey, bool] | None = None) -> list[tuple[tuple[str, ...], list[str]]]:
+        """The rendered contexts plus `neighbor P shutdown` for every neighbor vpnd holds shut."""
+        enabled = self.enabled if enabled is None else enabled
+        shut = {ip for ip, k in self.peers.items() if not enabled.get(k, True)}
+        out = []
+        for ctx in self.rendered.contexts:
+            lines = list(ctx.lines)
+            if ctx.keys == (self.router,) and shut:
+                extra = []
+                for line in lines:
+                    extra.append(line)
+                    parts = line.split()
+                    if parts[0] == "neighbor" and parts[2] == "remote-as" and parts[1] in shut:
+                        extra.append(f"neighbor {parts[1]} shutdown")
+                lines = extra
+            out.append((ctx.keys, lines))
+        return out
+
+    async def running(self) -> Running:
+        text = await self.vtysh.run("show running-config bgpd")
+        run = parse_running(text)
+        # always: a profile left from a config with BFD must go too (harmless without bfdd)
+        bfd = parse_running(await self.vtysh.run("show running-config bfdd"))
+        run.contexts.update({k: v for k, v in bfd.contexts.items() if k[0] == "bfd"})
+        return run
+
+    async def apply(self) -> list[Change]:
+        """Read, diff, issue the difference. Returns the changes (empty: nothing to do)."""
+        t0 = time.perf_counter()
+        running = await self.running()
+        # neighbor states as of now (after the read): a SetBgpNeighbor pushed meanwhile is in
+        # `running` or still pending, never undone; the watch loop re-pushes any later change
+        enabled = dict(self.enabled)
+        changes = diff(self.wanted(enabled), running)
+        if changes:
+            await self.vtysh.configure(script(changes))
+        self.config_commands += len(changes)
+        self.applies += 1
+        self.last_changes = changes
+        self.last_apply_ms = round((time.perf_counter() - t0) * 1000, 3)
+        self._need_apply = False
+        self._last_apply = time.monotonic()
+        self._pushed = enabled
+        if changes:
+            log.info("frr.applied", commands=len(changes), apply_ms=self.last_apply_ms,
+                     changes=[c.command for c in changes if c.command][:20])
+        else:
+            log.debug("frr.unchanged", apply_ms=self.last_apply_ms)
+        return changes
+
+    # --- SetBgpNeighbor ----------------------------------------------------------------------
+
+    async def set_neighbor(self, key: E.TunnelKey, enabled: bool, reason: str = "") -> None:
+        """Record the wanted state and push it in the background (the newest state wins)."""
+        if key not in self.enabled:
+            log.warning("bgp.unknown_neighbor", connection=key.connection, tunnel=key.tunnel)
+            return
+        self.enabled[key] = enabled
+        if self.metrics is not None:
+            self.metrics.bgp_neighbor_enabled.labels(*key).set(1 if enabled else 0)
+        log.info("bgp.neighbor_wanted", connection=key.connection, tunnel=key.tunnel,
+                 enabled=enabled, reason=reason)
+        if self._push is None or self._push.done():
+            self._push = asyncio.create_task(self._push_neighbors(), name="bgp-neighbors")
+
+    async def _push_neighbors(self) -> None:
+        ip_of = {k: ip for ip, k in self.peers.items()}
+        while True:
+            pending = {k: v for k, v in self.enabled.items() if self._pushed.get(k) != v}
+            if not pending:
+                return
+            cmds = [f"{'no ' if v else ''}neighbor {ip_of[k]} shutdown" for k, v in pending.items()]
+            t0 = time.perf_counter()
+            try:
+                await self.vtysh.configure([self.router, *cmds, "exit"])
+            except FrrError:
+                self._need_apply = True       # the watch loop's apply converges it later
+                return
+            self._pushed.update(pending)
+            for k, v in pending.items():
+                log.info("bgp.neighbor_set", connection=k.connection, tunnel=k.tunnel, peer=ip_of[k],
+                         enabled=v, reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+    # --- watching ----------------------------------------------------------------------------
+
+    def _command_failed(self, err: FrrError) -> None:
+        if isinstance(err, (FrrCommandError, FrrTimeout)):
+            if self.metrics is not None:
+                self.metrics.frr_errors.inc()
+            log.error("frr.command_failed", command=getattr(err, "command", None), error=str(err))
+        if isinstance(err, FrrUnavailable) and self.metrics is not None:
+            self.metrics.frr_up.set(0)
+
+    async def poll(self) -> bool:
+        """One look at FRR: emit changes, fill metrics. False: bgpd lost our configuration."""
+        summary = parse_bgp_summary(await self.vtysh.show_json("show bgp summary json"))
+        missing = [ip for ip in self.peers if ip not in summary.peers]
+        if not summary.router or summary.asn not in (None, self.asn) or missing:
+            log.warning("frr.config_lost", router=summary.router, asn=summary.asn,
+                        missing_peers=missing, note="re-applying")
+            return False
+        for ip, key in self.peers.items():
+            p = summary.peers[ip]
+            if self.sessions.get(key) != p.established:
+                self.sessions[key] = p.established
+                log.info("bgp.session_changed", connection=key.connection, tunnel=key.tunnel, peer=ip,
+                         established=p.established, state=p.state)
+                self.on_event(E.BgpSessionChanged(key, p.established))
+            if self.metrics is not None:
+                m = self.metrics
+                m.bgp_up.labels(*key).set(1 if p.established else 0)
+                m.bgp_pfx_rcvd.labels(*key).set(p.prefixes_received)
+                m.bgp_pfx_sent.labels(*key).set(p.prefixes_sent)
+        if self.bfd:
+            peers = parse_bfd_peers(await self.vtysh.show_json("show bfd peers json"))
+            for ip, key in self.peers.items():
+                up = peers.get(ip, False)
+                if self.bfd_state.get(key) != up:
+                    self.bfd_state[key] = up
+                    log.info("bfd.changed", connection=key.connection, tunnel=key.tunnel, peer=ip, up=up)
+                    self.on_event(E.BfdChanged(key, up))
+                if self.metrics is not None:
+                    self.metrics.bfd_up.labels(*key).set(1 if up else 0)
+        return True
+
+    async def watch(self) -> None:
+        backoff = BACKOFF_START
+        while True:
+            try:
+                if not self.vtysh.alive:
+                    self._need_apply = True
+                applied = self._need_apply or time.monotonic() - self._last_apply >= self.resync_interval
+                if applied:
+                    await self.apply()
+                if not await self.poll():
+                    self._need_apply = True
+                    if applied:     # still missing right after an apply: don't spin
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                if self.metrics is not None:
+                    self.metrics.frr_up.set(1)
+                if self._down_since is not None:
+                    log.info("frr.reconnected", down_s=round(time.monotonic() - self._down_since, 3))
+                    self._down_since = None
+                backoff = BACKOFF_START
+                if self._push is None or self._push.done():
+                    if any(self._pushed.get(k) != v for k, v in self.enabled.items()):
+                        self._push = asyncio.create_task(self._push_neighbors(), name="bgp-neighbors")
+                await asyncio.sleep(self.poll_interval)
+            except asyncio.CancelledError:
+                raise
+            except FrrError as err:
+                self._need_apply = True
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    log.warning("frr.unreachable" if isinstance(err, FrrUnavailable) else "frr.apply_failed",
+                                error=str(err), retry_in=backoff,
+                                note="retrying with backoff; BGP keeps its last state meanwhile")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception as err:  # noqa: BLE001 - supervision must outlive an adapter bug
+                log.error("frr.watch_error", error=f"{type(err).__name__}: {err}")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.watch(), name="bgp-watch")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._push):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._task, self._push) if t is not None),
+                             return_exceptions=True)
+        await self.vtysh.close()
