@@ -331,3 +331,92 @@ def test_12_cloud_psk_changed_reports_phase1_failed_without_crash_loop(make_lab)
     r.outage_ms, r.switches = report.outage_ms, len(switches(lab))
     r.note = f"phase1_failed: {e['reason'][:40]}; {len(attempts)} attempts in 5 s"
     r.verdict = "passed"
+
+
+# --- 6. FRR killed and restarted (bgp mode) ---------------------------------------------------
+
+BGP_PEERS = {"169.254.10.1", "169.254.20.1"}
+
+
+def bgp_ready(make_lab, **options):
+    from vpnd.lab import frr
+
+    if not frr.available():
+        pytest.skip("FRR is not installed")
+    lab = make_lab(routing="bgp", frr_by_vpnd=True, **options)
+    lab.start_vpnd()
+    lab.wait_event("frr.applied", timeout=20)
+    wait_until("both BGP sessions Established", lambda: frr.established_peers(lab.lab, "cgw") == BGP_PEERS,
+               40, interval=0.1)
+    wait_until("VPC prefix installed by zebra",
+               lambda: lab.lab.plan.vpc_net in lab.lab.ip("cgw", "route", "show", "proto", "bgp").stdout,
+               20, interval=0.1)
+    return lab
+
+
+def test_6_frr_killed_and_restarted_is_reconfigured(make_lab):
+    from vpnd.lab import frr
+
+    r = row(6, "FRR (cgw) SIGKILLed and restarted (bgp)")
+    lab = bgp_ready(make_lab)
+    applied = len(lab.events("frr.applied"))
+    pinger = Pinger(lab.lab, duration=60)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    frr.restart(lab.lab, "cgw", sig=signal.SIGKILL)
+    lab.wait_event("frr.applied", after=applied, timeout=30)
+    reapplied = time.monotonic() - t0
+    wait_until("both sessions back", lambda: frr.established_peers(lab.lab, "cgw") == BGP_PEERS, 40,
+               interval=0.1)
+    back = time.monotonic() - t0
+    wait_until("VPC prefix back", lambda: lab.lab.plan.vpc_net in lab.lab.ip(
+        "cgw", "route", "show", "proto", "bgp").stdout, 20, interval=0.1)
+    time.sleep(0.5)
+    report = pinger.stop()
+    assert "router bgp 65530" in frr.vtysh(lab.lab, "cgw", "-c", "show running-config bgpd")
+    assert vpnd_alive(lab)
+    m = scrape(lab)
+    assert metric(m, "vpnd_bgp_session_up") == 2
+    assert metric(m, "vpnd_frr_connected") == 1
+    r.outage_ms, r.switches = report.outage_ms, 0
+    r.note = f"re-applied after {reapplied:.1f} s, sessions back after {back:.1f} s"
+    r.verdict = "passed"
+
+
+# --- 11. vtysh hangs (FRR SIGSTOPped) ------------------------------------------------------------
+
+def test_11_stopped_frr_times_out_without_stalling_the_loop(make_lab):
+    from vpnd.lab import frr
+
+    r = row(11, "FRR SIGSTOPped 8 s, then SIGCONT (bgp)")
+    lab = bgp_ready(make_lab)
+    pids = [rec["pid"] for name, rec in lab.lab.recorded().items()
+            if name.startswith("frr-cgw-") and name != "frr-cgw-zebra"]
+    control = lab.lab.dir / "control.sock"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    worst = 0.0
+    try:
+        t_end = time.monotonic() + 8
+        while time.monotonic() < t_end:      # the loop keeps answering the whole time
+            t0 = time.monotonic()
+            scrape(lab)
+            out = subprocess.run([sys.executable, "-m", "vpnd", "status", "--json", "--socket", str(control)],
+                                 capture_output=True, text=True, timeout=10)
+            assert out.returncode == 0, out.stderr
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.5)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    wait_until("the hang logged", lambda: lab.events("frr.command_failed") or lab.events("frr.unreachable"), 10)
+    wait_until("both sessions back after SIGCONT",
+               lambda: frr.established_peers(lab.lab, "cgw") == BGP_PEERS, 40, interval=0.1)
+    m = scrape(lab)
+    lag = metric(m, "vpnd_event_loop_lag_seconds")
+    assert worst < 3.0, f"a status+scrape round took {worst:.1f} s while FRR was stopped"
+    assert vpnd_alive(lab)
+    r.switches = len(switches(lab))
+    r.note = (f"worst status+scrape {worst * 1000:.0f} ms while stopped; loop lag {lag * 1000:.0f} ms; "
+              f"frr errors counted {metric(m, 'vpnd_frr_command_errors_total'):.0f}")
+    r.verdict = "passed"
