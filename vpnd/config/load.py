@@ -63,7 +63,7 @@ BFD_KEYS = ("enabled", "receive_interval_ms", "transmit_interval_ms", "detect_mu
 TUNNEL_KEYS = (
     "name", "local_address", "remote_address", "local_id", "remote_id", "psk", "psk_file",
     "interface", "if_id", "interface_kind", "underlay", "route_metric", "local_ts", "remote_ts",
-    "bgp",
+    "probe_source", "probe_destination", "bgp",
 )
 TUNNEL_BGP_KEYS = ("tunnel_cidr", "local_ip", "peer_ip")
 
@@ -708,6 +708,8 @@ class _Loader:
                                       rules.METRIC_MIN, rules.METRIC_MAX),
             local_ts=self.networks(d, "local_ts", f"{p}.local_ts", ()),
             remote_ts=self.networks(d, "remote_ts", f"{p}.remote_ts", ()),
+            probe_source=self.ipv4(d, "probe_source", f"{p}.probe_source", None),
+            probe_destination=self.ipv4(d, "probe_destination", f"{p}.probe_destination", None),
             bgp=bgp,
             psk_file=psk_file,
         )
