@@ -406,6 +406,10 @@ class CharonAdapter:
 
     # policy mode (vpnd/policy.py) ------------------------------------------------------------
 
+    def name_of(self, tunnel: TunnelKey) -> str:
+        """charon's connection (and child) name of a tunnel."""
+        return self._names[tunnel]
+
     async def plugins(self) -> tuple[str, ...]:
         """charon's loaded plugins (VICI `stats`): tells libipsec from kernel-netlink."""
         stats, _ = await self.client.request("stats")

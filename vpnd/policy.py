@@ -48,6 +48,7 @@ class PolicySelector:
         self.active: dict[str, str | None] = {}      # connection -> tunnel asserted in charon
         self._newest_wins: bool | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._lock = asyncio.Lock()     # one CHILD SA replacement at a time (switch, re-assert)
 
     def _conn(self, name: str) -> ConnectionConfig:
         return next(c for c in self.config.connections if c.name == name)
@@ -77,6 +78,10 @@ class PolicySelector:
         None when charon already had it so."""
         if tunnel is None or self.active.get(connection) == tunnel:
             return None         # withdraw: both CHILD SAs stay, nothing better to do here
+        async with self._lock:
+            return await self._set_active(connection, tunnel)
+
+    async def _set_active(self, connection: str, tunnel: str) -> dict | None:
         conn = self._conn(connection)
         first = connection not in self.active
         previous = self.active.get(connection)
@@ -85,7 +90,7 @@ class PolicySelector:
         desired = self.desired()
         self.charon.desire(desired)         # a charon restart reloads these priorities
         for t in conn.tunnels:
-            name = self.charon._names[TunnelKey(connection, t.name)]
+            name = self.charon.name_of(TunnelKey(connection, t.name))
             await self.charon.client.load_conn({name: desired.conns[name]})
         loaded = time.perf_counter()
         newest_wins = await self.newest_wins()
@@ -102,9 +107,16 @@ class PolicySelector:
         if not newest_wins:
             for t in conn.tunnels:      # the others: a fresh CHILD SA at priority 2
                 if t.name != tunnel:
-                    self._background(self.charon.replace_child(TunnelKey(connection, t.name)))
+                    self._background(self._demote(TunnelKey(connection, t.name), tunnel))
         return {"op": "replace_child", "child_id": child, "load_ms": _ms(t0, loaded),
                 "vici_ms": _ms(loaded, done), "total_ms": _ms(t0, done)}
+
+    async def _demote(self, other: TunnelKey, chosen: str) -> None:
+        """kernel XFRM: the tunnel left behind gets a CHILD SA at priority 2, in the background
+        (it may be the broken one: the switch must not wait for it)."""
+        async with self._lock:
+            if self.active.get(other.connection) == chosen:
+                await self.charon.replace_child(other)
 
     def child_installed(self, tunnel: TunnelKey) -> None:
         """A CHILD SA of `tunnel` was (re)installed (ChildUp / ChildRekeyed). On libipsec it
@@ -114,11 +126,14 @@ class PolicySelector:
             return
 
         async def reassert() -> None:
-            t0 = time.perf_counter()
-            child = await self.charon.replace_child(TunnelKey(tunnel.connection, chosen))
-            log.info("policy.reasserted", connection=tunnel.connection, active=chosen,
-                     because=f"{tunnel.tunnel}'s CHILD SA was installed", child_id=child,
-                     vici_ms=_ms(t0, time.perf_counter()))
+            async with self._lock:
+                if self.active.get(tunnel.connection) != chosen:
+                    return          # a switch happened meanwhile
+                t0 = time.perf_counter()
+                child = await self.charon.replace_child(TunnelKey(tunnel.connection, chosen))
+                log.info("policy.reasserted", connection=tunnel.connection, active=chosen,
+                         because=f"{tunnel.tunnel}'s CHILD SA was installed", child_id=child,
+                         vici_ms=_ms(t0, time.perf_counter()))
         self._background(reassert())
 
     def _background(self, coro) -> None:

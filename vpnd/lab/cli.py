@@ -69,6 +69,41 @@ def list_sas(lab: Lab, role: str = "cgw") -> list[dict]:
         s.close()
 
 
+def child_packets(lab: Lab, role: str = "cgw") -> dict[str, tuple[int, int]]:
+    """Per tunnel (charon connection name): packets out and in over all its CHILD SAs."""
+    import vici
+
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(str(daemons.vici_path(lab, role)))
+    try:
+        out: dict[str, tuple[int, int]] = {}
+        for sa in vici.Session(s).list_sas():
+            for name, ike in sa.items():
+                o, i = out.get(name, (0, 0))
+                for child in ike.get("child-sas", {}).values():
+                    o += int(child.get("packets-out", b"0"))
+                    i += int(child.get("packets-in", b"0"))
+                out[name] = (o, i)
+        return out
+    finally:
+        s.close()
+
+
+def policy_carrier(lab: Lab, window: float = 0.3, minimum: int = 5) -> str | None:
+    """Policy mode: the tunnel whose CHILD SAs carried LAN <-> VPC traffic (a pinger must be
+    running) over `window` s, by charon's own per-SA counters, both directions; None if no
+    single tunnel did. Probes cross each tunnel at 10/s too, hence the margin."""
+    a = child_packets(lab)
+    time.sleep(window)
+    b = child_packets(lab)
+    busy = [name for name in b if name in a
+            and b[name][0] - a[name][0] >= minimum and b[name][1] - a[name][1] >= minimum]
+    if len(busy) != 1:
+        return None
+    return busy[0].rsplit("-", 1)[-1]
+
+
 def vpnd_routes(lab: Lab) -> list[str]:
     return lab.ip("cgw", "route", "show", "proto", "249").stdout.strip().splitlines()
 
