@@ -17,7 +17,7 @@ pytestmark = pytest.mark.lab
 
 
 def carrier_is(lab, tunnel: str) -> bool:
-    return policy_carrier(lab.lab, window=0.15, minimum=4) == tunnel
+    return policy_carrier(lab.lab) == tunnel
 
 
 def ready(lab, pinger_s: float = 60):

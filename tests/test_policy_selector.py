@@ -76,11 +76,23 @@ def test_libipsec_switch_reloads_priorities_then_replaces_only_the_chosen_child(
 
 
 def test_libipsec_restart_adopts_the_tunnel_already_carrying():
+    from vpnd.core.events import SaSnapshot, TunnelSa
+
     charon = FakeCharon(("kernel-libipsec",), {"t1": [(7, 1)], "t2": [(2, 2)]})
     sel = PolicySelector(POLICY, charon)
+    sel.found_at_start(SaSnapshot((TunnelSa(TunnelKey("c", "t1"), 1, "ESTABLISHED", 7, "INSTALLED"),
+                                   TunnelSa(TunnelKey("c", "t2"), 2, "ESTABLISHED", 2, "INSTALLED"))))
     done = run(sel.set_active("c", "t1"))
     assert done["op"] == "adopted"
     assert not [c for c in charon.calls if c[0] == "replace"]
+
+
+def test_children_vpnd_brought_up_itself_are_never_adopted():
+    # a fresh start: unique ids follow creation, not installation, so t1's higher id proves
+    # nothing about which of the two installed last
+    charon = FakeCharon(("kernel-libipsec",), {"t1": [(2, 1)], "t2": [(1, 2)]})
+    sel = PolicySelector(POLICY, charon)
+    assert run(sel.set_active("c", "t1"))["op"] == "replace_child"
 
 
 def test_libipsec_reasserts_when_the_standby_child_is_reinstalled():

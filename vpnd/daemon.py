@@ -49,6 +49,8 @@ class Daemon:
         elif isinstance(event, E.CharonDisconnected):
             self.metrics.charon_up.set(0)
         elif isinstance(event, E.SaSnapshot):
+            if not self._synced.is_set():
+                self.policy.found_at_start(event)
             self._synced.set()
         elif type(event) in (E.ChildUp, E.ChildRekeyed):
             self.policy.child_installed(event.tunnel)

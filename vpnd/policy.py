@@ -49,6 +49,7 @@ class PolicySelector:
         self._newest_wins: bool | None = None
         self._tasks: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()     # one CHILD SA replacement at a time (switch, re-assert)
+        self.found: set[int] = set()    # CHILD SAs charon already had when vpnd connected
 
     def _conn(self, name: str) -> ConnectionConfig:
         return next(c for c in self.config.connections if c.name == name)
@@ -63,12 +64,22 @@ class PolicySelector:
         from vpnd.charon import desired_from_config
         return desired_from_config(self.config, active if active is not None else self.active)
 
+    def found_at_start(self, snapshot: Any) -> None:
+        """The first SaSnapshot after vpnd started: the CHILD SAs a predecessor left."""
+        self.found = {sa.child_id for sa in snapshot.sas if sa.child_id is not None}
+
     async def carrier(self, conn: ConnectionConfig) -> str | None:
-        """The tunnel with the newest installed CHILD SA (highest unique id): on libipsec
-        the one carrying traffic. None when no tunnel has one."""
+        """After a restart, on libipsec: the tunnel whose CHILD SA carries traffic, when it
+        can be told: every CHILD SA was there before vpnd started (none re-negotiated
+        since), and the newest (highest unique id) is then the last one a predecessor
+        asserted. Unique ids follow creation, not installation: two CHILD SAs negotiated
+        at the same time (a fresh start) can install in the other order, hence None for
+        anything vpnd itself brought up; the caller then asserts, which is always safe."""
         best: tuple[int, str] | None = None
         for t in conn.tunnels:
             for child_id, _ in await self.charon.children(TunnelKey(conn.name, t.name)):
+                if child_id not in self.found:
+                    return None
                 if best is None or child_id > best[0]:
                     best = (child_id, t.name)
         return best[1] if best else None

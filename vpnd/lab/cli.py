@@ -90,15 +90,17 @@ def child_packets(lab: Lab, role: str = "cgw") -> dict[str, tuple[int, int]]:
         s.close()
 
 
-def policy_carrier(lab: Lab, window: float = 0.3, minimum: int = 5) -> str | None:
-    """Policy mode: the tunnel whose CHILD SAs carried LAN <-> VPC traffic (a pinger must be
-    running) over `window` s, by charon's own per-SA counters, both directions; None if no
-    single tunnel did. Probes cross each tunnel at 10/s too, hence the margin."""
+def policy_carrier(lab: Lab, count: int = 30) -> str | None:
+    """Policy mode: the tunnel whose CHILD SAs carry LAN <-> VPC traffic, by charon's own
+    per-SA counters around a burst of `count` LAN -> VPC pings (both directions must have
+    carried most of it); None if no single tunnel did. Probes cross both tunnels at 10/s,
+    far below the burst."""
     a = child_packets(lab)
-    time.sleep(window)
+    lab.exec("lan", "ping", "-n", "-q", "-c", str(count), "-i", "0.002", "-W", "1",
+             lab.plan.vpc_host, check=False)
     b = child_packets(lab)
-    busy = [name for name in b if name in a
-            and b[name][0] - a[name][0] >= minimum and b[name][1] - a[name][1] >= minimum]
+    busy = [name for name in b if name in a and b[name][0] - a[name][0] >= 0.8 * count
+            and b[name][1] - a[name][1] >= 0.8 * count]
     if len(busy) != 1:
         return None
     return busy[0].rsplit("-", 1)[-1]
