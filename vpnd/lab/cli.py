@@ -246,6 +246,10 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
 
 
 def cmd_demo(lab: Lab, backend: str, routing: str) -> int:
+    if routing == "policy":
+        print("lab: the demo shows route mode; `vpnd lab up --routing policy` leaves a policy-mode "
+              "lab running (docs/policy-mode.md)", file=sys.stderr)
+        return 2
     if backend == "vm":
         from vpnd.lab import vm
 
