@@ -125,3 +125,30 @@ def test_kernel_xfrm_also_gives_the_demoted_tunnel_a_priority_2_child():
     # t1 chosen (its demotion of t2 is overtaken by the switch to t2), then t2 chosen and t1
     # demoted in the background
     assert [c[1] for c in charon.calls if c[0] == "replace"] == ["t1", "t2", "t1"]
+
+
+def test_charon_refusing_leaves_the_choice_unmade_so_it_is_retried():
+    from vpnd.vici_client import ViciUnavailable
+
+    charon = FakeCharon(("kernel-libipsec",), {"t1": [(1, 1)], "t2": [(2, 2)]})
+
+    async def refuse(conns):
+        raise ViciUnavailable("load-conn: not connected to charon")
+    charon.client.load_conn = refuse
+    sel = PolicySelector(POLICY, charon)
+    done = run(sel.set_active("c", "t1"))
+    assert done["op"] == "failed" and "not connected" in done["error"]
+    assert "c" not in sel.active        # the next SetActive(t1) is carried out, not skipped
+    assert sel.failed == {"c": "t1"}
+
+    async def back(conns):
+        return await Client(charon.calls).load_conn(conns)
+    charon.client.load_conn = back
+
+    async def main():
+        sel.retry()                     # charon is back: its snapshot arrives
+        await asyncio.gather(*sel._tasks)
+
+    run(main())
+    assert sel.active == {"c": "t1"} and sel.failed == {}
+    assert ("replace", "t1") in charon.calls

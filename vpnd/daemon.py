@@ -52,6 +52,7 @@ class Daemon:
             if not self._synced.is_set():
                 self.policy.found_at_start(event)
             self._synced.set()
+            self.policy.retry()
         elif type(event) in (E.ChildUp, E.ChildRekeyed):
             self.policy.child_installed(event.tunnel)
         self.sup.post(event)

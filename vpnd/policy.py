@@ -50,6 +50,7 @@ class PolicySelector:
         self._tasks: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()     # one CHILD SA replacement at a time (switch, re-assert)
         self.found: set[int] = set()    # CHILD SAs charon already had when vpnd connected
+        self.failed: dict[str, str] = {}   # connection -> tunnel whose switch charon refused
 
     def _conn(self, name: str) -> ConnectionConfig:
         return next(c for c in self.config.connections if c.name == name)
@@ -84,13 +85,37 @@ class PolicySelector:
                     best = (child_id, t.name)
         return best[1] if best else None
 
-    async def set_active(self, connection: str, tunnel: str | None) -> dict | None:
+    async def set_active(self, connection: str, tunnel: str | None, *,
+                         retrying: bool = False) -> dict | None:
         """Make `tunnel` carry the connection's flows. Returns what was done (for the log),
         None when charon already had it so."""
         if tunnel is None or self.active.get(connection) == tunnel:
+            if not retrying:            # the core chose again: an older refused switch is moot
+                self.failed.pop(connection, None)
             return None         # withdraw: both CHILD SAs stay, nothing better to do here
+        from vpnd.vici_client import ViciError, ViciException
+
         async with self._lock:
-            return await self._set_active(connection, tunnel)
+            if retrying and self.failed.get(connection) != tunnel:
+                return None     # another choice was carried out meanwhile
+            previous = self.active.get(connection)
+            try:
+                done = await self._set_active(connection, tunnel)
+                if done is None or done.get("op") != "failed":
+                    self.failed.pop(connection, None)
+                else:
+                    self.failed[connection] = tunnel
+                return done
+            except (ViciError, ViciException) as e:
+                self.failed[connection] = tunnel
+                # charon unreachable or refusing: the next SetActive or re-assert retries
+                if previous is None:
+                    self.active.pop(connection, None)
+                else:
+                    self.active[connection] = previous
+                log.error("policy.switch_failed", connection=connection, tunnel=tunnel,
+                          error=str(e))
+                return {"op": "failed", "error": str(e)}
 
     async def _set_active(self, connection: str, tunnel: str) -> dict | None:
         conn = self._conn(connection)
@@ -128,6 +153,17 @@ class PolicySelector:
         async with self._lock:
             if self.active.get(other.connection) == chosen:
                 await self.charon.replace_child(other)
+
+    def retry(self) -> None:
+        """charon's full truth arrived again (a reconnect, the resync timer): switches it
+        refused are tried once more."""
+        for connection, tunnel in list(self.failed.items()):
+            async def again(connection=connection, tunnel=tunnel) -> None:
+                done = await self.set_active(connection, tunnel, retrying=True)
+                if done:
+                    log.info("policy.switched", connection=connection, active=tunnel,
+                             retried=True, **done)
+            self._background(again())
 
     def child_installed(self, tunnel: TunnelKey) -> None:
         """A CHILD SA of `tunnel` was (re)installed (ChildUp / ChildRekeyed). On libipsec it
