@@ -5,6 +5,7 @@ LAN -> VPC pings run, never from vpnd's word."""
 from __future__ import annotations
 
 import signal
+import sys
 import time
 
 import pytest
@@ -64,6 +65,11 @@ def test_ike_sa_killed_switches_at_once(make_lab):
     e = lab.wait_event("connection.active_changed", active="tunnel2", timeout=10)
     assert "probes lost" not in e["reason"], "a lost CHILD SA switches without waiting for probes"
     wait_until("traffic on tunnel 2", lambda: carrier_is(lab, "tunnel2"), 10)
+    # vpnd re-initiates tunnel 1; on libipsec its new CHILD SA would take the traffic back
+    # (newest wins) before the preempt delay: vpnd re-asserts tunnel 2
+    lab.wait_event("tunnel.state_changed", tunnel="tunnel1", to="established", after=1, timeout=10)
+    lab.wait_event("policy.reasserted", active="tunnel2", timeout=5)
+    assert carrier_is(lab, "tunnel2")
     report = pinger.stop()
     assert report.received > 0.8 * report.sent, report
 
@@ -102,6 +108,9 @@ def test_the_cloud_moving_traffic_is_followed(make_lab, tmp_path):
     e = lab.wait_event("connection.active_changed", active="tunnel2", timeout=5)
     assert e["reason"] == "cloud moved traffic to tunnel2, following", e
     assert lab.events("xfrm.in_tmpl_mismatch")
+    metrics = lab.lab.exec("cgw", sys.executable, "-c", "import urllib.request; print(urllib"
+                           ".request.urlopen('http://127.0.0.1:9456/metrics').read().decode())")
+    assert "vpnd_xfrm_in_tmpl_mismatch 30.0" in metrics.stdout
     wait_until("traffic on tunnel 2", lambda: carrier_is(lab, "tunnel2"), 10)
     time.sleep(2.0)                                     # > preempt_delay: the cloud's choice stays
     assert carrier_is(lab, "tunnel2")

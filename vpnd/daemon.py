@@ -223,7 +223,6 @@ class Daemon:
                 p.start()
                 self.probes.append(p)
 
-
     def _start_xfrm_stat(self) -> None:
         """Policy mode: the cloud's own switch shows as XfrmInTmplMismatch (vpnd/xfrm_stat.py)."""
         import os
