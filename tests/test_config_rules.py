@@ -108,6 +108,10 @@ ROWS = [
     r("name empty", {f"{C}.name": ""}, ERR, f"{C}.name"),
     r("name missing", {f"{C}.name": DELETE}, ERR, f"{C}.name"),
     r("routing policy", {f"{C}.routing": "policy"}),
+    r("policy shared probe path", {f"{C}.routing": "policy"}, WARN, f"{C}.health_check"),
+    r("policy probe source outside ts", {
+        f"{C}.routing": "policy", f"{C}.tunnel.0.local_ts": ["10.255.1.2/32"],
+        f"{C}.tunnel.0.probe_source": "10.255.9.2"}, WARN, f"{C}.tunnel.0.probe_source"),
     r("routing default route", {f"{C}.routing": DELETE}),
     r("routing bad", {f"{C}.routing": "static"}, ERR, f"{C}.routing"),
     r("local_networks missing", {f"{C}.local_networks": DELETE}, ERR, f"{C}.local_networks"),

@@ -429,3 +429,69 @@ def test_startup_stops_waiting_at_the_preferred_tunnels_first_verdict():
                              (0.6, loss("t1"), []),            # one loss may race the SA
                              (0.7, loss("t1"), []),
                              (0.8, loss("t1"), [act("t2", "t2 usable")])], start=start)
+
+
+# --- policy mode: following the cloud's move (XfrmInTmplMismatch rising) ---------------------
+
+def rise(total=1):
+    from vpnd.core.events import XfrmInTmplMismatch
+    return XfrmInTmplMismatch(total, 1)
+
+
+POLICY = dict(routing="policy", preempt_delay=10.0, hold_down=5.0)
+
+
+def test_policy_follows_the_cloud_after_two_rises_and_stays_there():
+    engine = run(connection(**POLICY), [
+        (6.0, rise(3), []),                                     # one rise: a stray packet?
+        (6.5, rise(9), [act("t2", "cloud moved traffic to t2, following")]),
+        (30.0, Tick(), []),                                     # no preempt: the cloud's choice
+        (31.0, ok("t1"), []),
+    ])
+    c = engine.connections["c"]
+    assert c.active == "t2" and c.pinned == "t2"
+
+
+def test_policy_follows_the_cloud_back_when_it_moves_again():
+    run(connection(**POLICY), [
+        (6.0, rise(3), []),
+        (6.5, rise(9), [act("t2", "following")]),
+        (7.0, rise(12), []),                                    # within hold_down: our own switch
+        (8.0, rise(15), []),
+        (20.0, rise(30), []),
+        (20.5, rise(40), [act("t1", "cloud moved traffic to t1, following")]),
+    ])
+
+
+def test_rises_far_apart_do_not_confirm_a_move():
+    run(connection(**POLICY), [(6.0, rise(1), []), (9.0, rise(2), []), (12.0, rise(3), [])])
+
+
+def test_no_follow_onto_an_unusable_or_drained_standby():
+    run(connection(**POLICY), [(1.0, down("t2"), []), (6.0, rise(1), []), (6.5, rise(2), [])])
+    run(connection(**POLICY), [(1.0, Drain(T2), []), (6.0, rise(1), []), (6.5, rise(2), [])])
+
+
+def test_the_pinned_cloud_choice_fails_over_as_usual():
+    run(connection(**POLICY), [
+        (6.0, rise(3), []),
+        (6.5, rise(9), [act("t2", "following")]),
+        (12.0, down("t2"), [act("t1", "t2: CHILD SA not installed")]),
+    ])
+
+
+def test_the_counter_means_nothing_in_route_mode():
+    run(connection(preempt_delay=10.0, hold_down=5.0),
+        [(6.0, rise(1), []), (6.5, rise(2), []), (6.0, rise(3), [])])
+
+
+def test_two_policy_connections_make_the_counter_ambiguous():
+    from vpnd.core.events import XfrmInTmplMismatch
+    engine = Engine(config(connection(**POLICY), connection("d", **POLICY)))
+    for now, event in [(0.0, CharonConnected()), (0.0, SaSnapshot(())), (0.1, up("t1")),
+                       (0.1, up("t2")), (0.2, ok("t1")), (0.3, ok("t2"))]:
+        engine.handle(event, now)
+    assert engine.connections["c"].active == "t1"
+    for now in (6.0, 6.5, 7.0):
+        actions, _ = engine.handle(XfrmInTmplMismatch(int(now), 1), now)
+        assert not [a for a in actions if isinstance(a, SetActive)]

@@ -12,7 +12,7 @@ from vpnd.core.events import (
     BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
     ChildRekeyed, ChildUp, Drain, ForceFailover, IkeDown, IkeRekeyed, IkeUp, InterfaceLost,
     NegotiationFailed, OwnedRouteLost, ProbeResult, SaSnapshot, Tick, TunnelKey, TunnelSa,
-    Undrain,
+    Undrain, XfrmInTmplMismatch,
 )
 from vpnd.core.failover import DAMPING_PERIOD
 
@@ -45,6 +45,8 @@ EVENTS = st.one_of(
     st.just(Tick()), st.just(Tick()),
     st.builds(OwnedRouteLost, st.sampled_from(["c", "x"]), st.just("10.0.0.0/16")),
     st.builds(InterfaceLost, TUNNELS, st.just("ipsec0")),
+    st.builds(XfrmInTmplMismatch, st.integers(1, 1000), st.integers(1, 9)),
+    st.builds(XfrmInTmplMismatch, st.integers(1, 1000), st.integers(1, 9)),
 )
 STEPS = st.lists(st.tuples(st.sampled_from([0.0, 0.01, 0.5, 1.0, 3.0, 7.0, 20.0, 61.0]), EVENTS),
                  max_size=60)
@@ -140,6 +142,12 @@ class Checker:
                 kind = "forced"
             elif isinstance(event, ForceFailover):
                 kind = "operator"
+            elif isinstance(event, XfrmInTmplMismatch):
+                kind = "cloud"      # following the cloud: policy mode only, pinned, hold_down
+                assert self.cfg.routing == "policy" and after.pinned == after.active
+                assert not after.of(after.active).drained
+                if self.switches:
+                    assert self.switches[-1][0] + self.cfg.failover.hold_down <= now
             else:
                 kind = "discretionary"
                 fo = self.cfg.failover

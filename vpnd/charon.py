@@ -235,12 +235,11 @@ class ApplyReport:
     failed: tuple[tuple[str, str], ...] = ()    # (conn or secret id, charon's errmsg)
 
 
-def desired_from_config(config) -> Desired:
+def desired_from_config(config, active: Mapping[str, str | None] | None = None) -> Desired:
     """Every tunnel's VICI dicts, as the render module builds them (vpnd/render/swanctl.py).
 
-    ASSUMED interface until the `render` branch lands: conn_name(connection, tunnel) ->
-    "vpnd-<connection>-<tunnel>", vici_conn(conn_cfg, tunnel_cfg) -> load-conn body,
-    vici_secret(conn_cfg, tunnel_cfg) -> load-shared body.
+    `active` (connection -> tunnel) gives policy-mode connections their CHILD SA
+    priorities (vpnd/policy.py); without it tunnel 1 is preferred.
     """
     from vpnd.render import swanctl     # imported late: `vpnd check` never needs it
 
@@ -250,7 +249,7 @@ def desired_from_config(config) -> Desired:
     for c in config.connections:
         for t in c.tunnels:
             name = swanctl.conn_name(c.name, t.name)
-            conns[name] = swanctl.vici_conn(c, t)
+            conns[name] = swanctl.vici_conn(c, t, (active or {}).get(c.name))
             secrets.append(swanctl.vici_secret(c, t))
             tunnels[name] = TunnelKey(c.name, t.name)
     return Desired(conns, tuple(secrets), tunnels)
@@ -279,6 +278,7 @@ class CharonAdapter:
         self.tunnels: dict[str, TunnelKey] = {}
         self._names: dict[TunnelKey, str] = {}
         self._classify = LogClassifier(self.tunnels)
+        self._replacing: set[int] = set()     # CHILD SAs replace_child is deleting on purpose
         self.client = ViciClient(
             socket_path, on_event=self._on_event, on_connect=self._on_connect,
             on_disconnect=self._on_disconnect, request_timeout=request_timeout, backoff=backoff,
@@ -298,6 +298,8 @@ class CharonAdapter:
         else:
             events = translate(kind, msg, self.tunnels)
         for event in events:
+            if type(event) is ChildDown and event.child_id in self._replacing:
+                continue        # replace_child reports it as a ChildRekeyed once the new one is up
             self._emit(event)
 
     async def _on_connect(self) -> None:
@@ -401,3 +403,55 @@ class CharonAdapter:
             log.warning("charon.terminate_failed", tunnel=str(tunnel), error=str(e))
             return False
         return True
+
+    # policy mode (vpnd/policy.py) ------------------------------------------------------------
+
+    def name_of(self, tunnel: TunnelKey) -> str:
+        """charon's connection (and child) name of a tunnel."""
+        return self._names[tunnel]
+
+    async def plugins(self) -> tuple[str, ...]:
+        """charon's loaded plugins (VICI `stats`): tells libipsec from kernel-netlink."""
+        stats, _ = await self.client.request("stats")
+        return tuple(stats.get("plugins", ()))
+
+    async def children(self, tunnel: TunnelKey) -> list[tuple[int, int]]:
+        """The tunnel's installed CHILD SAs as (child id, IKE SA id), oldest first."""
+        name = self._names[tunnel]
+        out = []
+        for entry in await self.client.list_sas(name):
+            for _, sa in _sas(entry):
+                for child in sa.get("child-sas", {}).values():
+                    if child.get("state") == "INSTALLED" and child.get("name") == name:
+                        out.append((_uid(child), _uid(sa)))
+        return sorted(out)
+
+    async def replace_child(self, tunnel: TunnelKey, *, timeout: float = 5.0) -> int | None:
+        """Give the tunnel a fresh CHILD SA: it becomes the most recently installed one and
+        carries the priority of the config loaded now. Returns its id (None: failed).
+
+        The old one goes first, because charon refuses to initiate a CHILD SA equal to an
+        installed one ("existing duplicate"). So this is meant for a tunnel that does not
+        carry traffic: its short gap only costs its own probes. The core sees a rekey
+        (ChildRekeyed old -> new), not a CHILD SA that went down and came back."""
+        name = self._names[tunnel]
+        old = await self.children(tunnel)
+        ids = [c for c, _ in old]
+        self._replacing.update(ids)
+        try:
+            for child_id in ids:
+                await self.client.terminate(child_id=child_id, timeout=timeout)
+            await self.client.initiate(name, ike=name, timeout=timeout)
+            new = [c for c, _ in await self.children(tunnel) if c not in ids]
+        except (ViciError, ViciException) as e:
+            log.warning("charon.replace_child_failed", tunnel=str(tunnel), error=str(e))
+            new = []
+        finally:
+            self._replacing.difference_update(ids)
+        if not new:
+            for child_id, ike_id in old:     # what we swallowed: the core must know the truth
+                self._emit(ChildDown(tunnel, ike_id, child_id, "replaced, and the new one failed"))
+            return None
+        for child_id, _ in old:
+            self._emit(ChildRekeyed(tunnel, child_id, new[-1]))
+        return new[-1]

@@ -25,6 +25,7 @@ log = logs.get("vpnd.daemon")
 class Daemon:
     def __init__(self, config: Config, *, netns: str | None = None) -> None:
         from vpnd.charon import CharonAdapter
+        from vpnd.policy import PolicySelector
 
         self.config = config
         self.netns = netns
@@ -32,6 +33,8 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics.declare(config)
         self.charon = CharonAdapter(config.daemon.vici_socket, self._from_charon)
+        self.policy = PolicySelector(config, self.charon)     # routing = "policy" connections
+        self.xfrm_stat: Any = None
         self.routes: dict[str, Any] = {}       # connection -> route controller
         self.links: dict[str, Any] = {}        # connection -> link keeper
         self.probes: list[Any] = []
@@ -48,7 +51,18 @@ class Daemon:
         elif isinstance(event, E.CharonDisconnected):
             self.metrics.charon_up.set(0)
         elif isinstance(event, E.SaSnapshot):
+            if not self._synced.is_set():
+                self.policy.found_at_start(event)
             self._synced.set()
+            self.policy.retry()
+        elif type(event) in (E.ChildUp, E.ChildRekeyed):
+            self.policy.child_installed(event.tunnel)
+        self.sup.post(event)
+
+    def _from_xfrm_stat(self, event: E.XfrmInTmplMismatch) -> None:
+        log.warning("xfrm.in_tmpl_mismatch", total=event.total, delta=event.delta,
+                    note="IPsec packets arrived on a tunnel our policy does not name: "
+                         "the cloud may have moved traffic")
         self.sup.post(event)
 
     def _from_probe(self, result: E.ProbeResult) -> None:
@@ -89,6 +103,10 @@ class Daemon:
             self.metrics.failover(a.connection, previous, a.tunnel, a.reason)
         log.info("connection.active_changed", connection=a.connection, active=a.tunnel,
                  previous=previous, reason=a.reason, withdraw=a.withdraw)
+        if conn.routing == "policy":
+            done = await self.policy.set_active(a.connection, a.tunnel)
+            if done:
+                log.info("policy.switched", connection=a.connection, active=a.tunnel, **done)
         routes = self.routes.get(a.connection)
         if routes is not None:
             t0 = time.perf_counter()
@@ -140,6 +158,7 @@ class Daemon:
         watchdog = asyncio.create_task(self.sup.watchdog(), name="watchdog")
         control = await self._start_control()
         await self._start_probes()
+        self._start_xfrm_stat()
         try:
             await asyncio.wait_for(self._synced.wait(), 30)
             self.sup.notifier.ready(self._summary())
@@ -154,6 +173,9 @@ class Daemon:
             await control.stop()
         for p in self.probes:
             await p.stop()
+        if self.xfrm_stat is not None:
+            await self.xfrm_stat.stop()
+        await self.policy.stop()
         if self.config.daemon.withdraw_on_stop:
             for r in self.routes.values():
                 await r.set_active(None, withdraw=True)
@@ -248,13 +270,29 @@ class Daemon:
             if hc is None:
                 continue
             for t in conn.tunnels:
-                p = Prober(E.TunnelKey(conn.name, t.name), destination=str(hc.destination),
-                           source=str(hc.source),
+                # policy mode: each tunnel's own probe path (both carry the same flows)
+                p = Prober(E.TunnelKey(conn.name, t.name),
+                           destination=str(t.probe_destination or hc.destination),
+                           source=str(t.probe_source or hc.source),
                            interface=t.interface if conn.routing != "policy" else None,
                            interval=hc.interval, timeout=hc.timeout or hc.interval,
                            on_result=self._from_probe)
                 p.start()
                 self.probes.append(p)
+
+    def _start_xfrm_stat(self) -> None:
+        """Policy mode: the cloud's own switch shows as XfrmInTmplMismatch (vpnd/xfrm_stat.py)."""
+        import os
+
+        from vpnd.xfrm_stat import PATH, XfrmStatWatcher
+
+        if any(c.routing == "policy" for c in self.config.connections):
+            # the lab's libipsec never counts: its tests substitute a file of their own
+            path = os.environ.get("VPND_XFRM_STAT", str(PATH))
+            self.xfrm_stat = XfrmStatWatcher(self._from_xfrm_stat, path=path,
+                                             on_sample=self.metrics.xfrm_tmpl_mismatch.set)
+            if not self.xfrm_stat.start():
+                self.xfrm_stat = None
 
 
 async def run_daemon(config: Config) -> int:

@@ -63,7 +63,7 @@ BFD_KEYS = ("enabled", "receive_interval_ms", "transmit_interval_ms", "detect_mu
 TUNNEL_KEYS = (
     "name", "local_address", "remote_address", "local_id", "remote_id", "psk", "psk_file",
     "interface", "if_id", "interface_kind", "underlay", "route_metric", "local_ts", "remote_ts",
-    "bgp",
+    "probe_source", "probe_destination", "bgp",
 )
 TUNNEL_BGP_KEYS = ("tunnel_cidr", "local_ip", "peer_ip")
 
@@ -708,6 +708,8 @@ class _Loader:
                                       rules.METRIC_MIN, rules.METRIC_MAX),
             local_ts=self.networks(d, "local_ts", f"{p}.local_ts", ()),
             remote_ts=self.networks(d, "remote_ts", f"{p}.remote_ts", ()),
+            probe_source=self.ipv4(d, "probe_source", f"{p}.probe_source", None),
+            probe_destination=self.ipv4(d, "probe_destination", f"{p}.probe_destination", None),
             bgp=bgp,
             psk_file=psk_file,
         )
@@ -863,6 +865,28 @@ class _Loader:
         if hc.source is not None and local and not any(hc.source in n for n in local):
             self.warn(f"{hp}.source", f"{hc.source} is not inside local_networks: replies "
                       "may not come back through the tunnel")
+        if c.routing == "policy" and len(tunnels) > 1:
+            self.policy_probe_rules(c, p)
+
+    def policy_probe_rules(self, c: ConnectionConfig, p: str) -> None:
+        """Policy mode: both tunnels carry the same flows, so a probe path shared by the
+        tunnels crosses only the one carrying traffic (docs/policy-mode.md)."""
+        hc = c.health_check
+        paths = [(t.probe_source or hc.source, t.probe_destination or hc.destination)
+                 for t in c.tunnels]
+        if len(set(paths)) < len(paths):
+            self.warn(f"{p}.health_check", "routing = \"policy\": the tunnels share one probe "
+                      "path, so probes test only the tunnel carrying traffic and the standby's "
+                      "failure or recovery goes unseen; give each tunnel probe_source and "
+                      "probe_destination inside its own local_ts / remote_ts")
+        for ti, t in enumerate(c.tunnels):
+            q = f"{p}.tunnel[{ti}]"
+            for key, addr, nets in (("probe_source", t.probe_source, t.local_ts),
+                                    ("probe_destination", t.probe_destination, t.remote_ts)):
+                if addr is not None and nets and not any(addr in n for n in nets):
+                    side = "local_ts" if key == "probe_source" else "remote_ts"
+                    self.warn(f"{q}.{key}", f"{addr} is not inside {q}.{side}: the probe "
+                              "would not cross this tunnel's CHILD SA")
 
     def across_connections(self, conns: tuple[ConnectionConfig, ...]) -> None:
         names: dict[str, int] = {}

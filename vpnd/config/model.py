@@ -147,6 +147,11 @@ class TunnelConfig:
     route_metric: int = 100                     # 100 for tunnel 1, 101 for tunnel 2
     local_ts: tuple[IPv4Network, ...] = ()      # empty: by routing mode (0.0.0.0/0 or networks)
     remote_ts: tuple[IPv4Network, ...] = ()
+    # policy mode: both tunnels carry the same flows, so a probe between the connection's
+    # health-check addresses crosses only the active tunnel; per-tunnel addresses inside
+    # this tunnel's own traffic selectors let the standby be probed too
+    probe_source: IPv4Address | None = None     # None: health_check.source
+    probe_destination: IPv4Address | None = None    # None: health_check.destination
     bgp: TunnelBgpConfig | None = None
     psk_file: str | None = None                 # where the key came from, for messages
 

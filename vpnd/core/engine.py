@@ -17,6 +17,7 @@ from vpnd.core.events import (
     BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
     ChildRekeyed, ChildUp, Drain, ForceFailover, IkeDown, IkeRekeyed, IkeUp, InterfaceLost,
     NegotiationFailed, OwnedRouteLost, ProbeResult, SaSnapshot, Tick, TunnelKey, Undrain,
+    XfrmInTmplMismatch,
 )
 from vpnd.core.failover import Connection, TunnelChanged
 from vpnd.core.tunnel import DEFAULT_TIMERS, Timers, Tunnel
@@ -40,6 +41,7 @@ class Engine:
             SaSnapshot: self._snapshot, CharonConnected: self._charon, Tick: self._tick,
             CharonDisconnected: self._charon, ForceFailover: self._force,
             OwnedRouteLost: self._route_lost, InterfaceLost: self._interface_lost,
+            XfrmInTmplMismatch: self._xfrm_mismatch,
         })
         self._dispatch = dispatch
 
@@ -165,6 +167,16 @@ class Engine:
             if not isinstance(key, TunnelKey):
                 changed |= self._run_policy(key, (event,), now, out)
         return changed
+
+    def _xfrm_mismatch(self, event: XfrmInTmplMismatch, now: float, out: list[Action]) -> bool:
+        """The counter is host-wide: it can name the connection only when exactly one runs in
+        policy mode with two or more tunnels; otherwise nobody follows (a wrong guess would
+        move a healthy connection)."""
+        policy = [n for n, cfg in self._cfg.items()
+                  if cfg.routing == "policy" and len(cfg.tunnels) > 1]
+        if len(policy) != 1:
+            return False
+        return self._run_policy(policy[0], (event,), now, out)
 
     def _route_lost(self, event: OwnedRouteLost, now: float, out: list[Action]) -> bool:
         if event.connection in self.connections:

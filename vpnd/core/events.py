@@ -143,6 +143,16 @@ class InterfaceLost:
     interface: str
 
 
+@dataclass(frozen=True)
+class XfrmInTmplMismatch:
+    """/proc/net/xfrm_stat's XfrmInTmplMismatch rose: IPsec packets arrived on an SA that the
+    matching inbound policy does not name. In policy mode that is the cloud sending on the
+    tunnel vpnd does not use (the seed: "traffic has been switched"). Host-wide: no tunnel."""
+
+    total: int
+    delta: int
+
+
 # --- operators and time ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -168,6 +178,6 @@ class Tick:
 Event = (
     CharonConnected | CharonDisconnected | IkeUp | IkeDown | ChildUp | ChildDown | IkeRekeyed
     | ChildRekeyed | NegotiationFailed | CharonAlert | SaSnapshot | ProbeResult
-    | BgpSessionChanged | BfdChanged | OwnedRouteLost | InterfaceLost | Drain | Undrain
-    | ForceFailover | Tick
+    | BgpSessionChanged | BfdChanged | OwnedRouteLost | InterfaceLost | XfrmInTmplMismatch
+    | Drain | Undrain | ForceFailover | Tick
 )

@@ -39,6 +39,15 @@ preferred over the configured order, with preemption back to it even when preemp
 if it fails traffic escapes as usual. Undrain of any tunnel of the connection clears the pin:
 "undrain" means "back to automatic". ForceFailover onto an unusable tunnel changes nothing.
 
+Policy mode, the cloud's move (XfrmInTmplMismatch rising, the seed's signal that the cloud
+sends on the standby): once it rose MISMATCH_RISES times within MISMATCH_WINDOW seconds, and
+not within hold_down of the last switch (packets still in flight from our own switch), vpnd
+follows at once to the best other usable, undrained tunnel and pins it ("the cloud's
+choice": no preemption away from it; if it fails traffic escapes as usual). Traffic arriving
+on the other tunnel is being dropped meanwhile, so this is never damped beyond hold_down.
+With no other usable tunnel nothing moves. The counter rising again later means the cloud
+moved once more, and vpnd follows again.
+
 switch_route=false: probes are report-only (the cloud's "do not withdraw routes when health
 checks fail"): they never make a tunnel unusable, so they never move traffic; CHILD SA state
 still does, as it does without a health check.
@@ -63,7 +72,7 @@ from vpnd.config.model import ConnectionConfig
 from vpnd.core.actions import Action, SetActive, SetBgpNeighbor
 from vpnd.core.events import (
     BfdChanged, BgpSessionChanged, CharonAlert, Drain, ForceFailover, ProbeResult, Tick,
-    TunnelKey, Undrain,
+    TunnelKey, Undrain, XfrmInTmplMismatch,
 )
 
 NO_ANSWER = "no probe answered yet"
@@ -73,6 +82,9 @@ DAMPING_PERIOD = 60.0    # max_switches_per_minute counts switches over this sli
 FORCED = "forced"
 OPERATOR = "operator"
 DISCRETIONARY = "discretionary"
+CLOUD = "cloud"
+MISMATCH_RISES = 2       # rises of XfrmInTmplMismatch that confirm the cloud's move...
+MISMATCH_WINDOW = 2.0    # ...within this many seconds (one stray packet is no move)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +128,7 @@ class Connection(NamedTuple):
     switches: tuple[float, ...] = ()    # times of the switches of the last 60 s
     deadline: float | None = None   # a discretionary switch becomes possible then
     reason: str = "no tunnel usable yet"
+    mismatches: tuple[float, ...] = ()  # recent XfrmInTmplMismatch rises (policy mode)
 
     def of(self, tunnel: str) -> Health:
         return self.health[self.tunnels.index(tunnel)]
@@ -204,11 +217,15 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
     """Several simultaneous facts (one snapshot's tunnel changes) -> one decision, so a
     resync never produces intermediate switches."""
     operator_to: str | None = None
+    cloud_moved = False
     health = list(c.health)
     touched = set()
     for event in events:
         typ = type(event)
         if typ is Tick:
+            continue
+        if typ is XfrmInTmplMismatch:
+            c, cloud_moved = _mismatch(c, cfg, now)
             continue
         if typ is ForceFailover:
             if _index(c, event.to) is not None:
@@ -241,7 +258,17 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
         for i in touched:
             health[i] = _assess(health[i], cfg, now)
         c = c._replace(health=tuple(health))
-    return _choose(c, cfg, now, operator_to)
+    return _choose(c, cfg, now, operator_to, cloud_moved)
+
+
+def _mismatch(c: Connection, cfg: ConnectionConfig, now: float) -> tuple[Connection, bool]:
+    """Record one rise; True when it confirms the cloud's move (see the module docstring)."""
+    if cfg.routing != "policy" or c.active is None:
+        return c, False
+    if c.last_switch is not None and now < c.last_switch + cfg.failover.hold_down:
+        return c, False         # our own switch's packets in flight, or too soon to move again
+    rises = tuple(t for t in c.mismatches if t + MISMATCH_WINDOW > now) + (now,)
+    return c._replace(mismatches=rises), len(rises) >= MISMATCH_RISES
 
 
 def _switch(c: Connection, to: str, kind: str, reason: str, now: float,
@@ -278,12 +305,20 @@ def _damping_release(c: Connection, limit: int, now: float) -> float | None:
     return recent[-limit] + DAMPING_PERIOD
 
 
-def _choose(c: Connection, cfg: ConnectionConfig, now: float,
-            operator_to: str | None) -> tuple[Connection, list[Action]]:
+def _choose(c: Connection, cfg: ConnectionConfig, now: float, operator_to: str | None,
+            cloud_moved: bool = False) -> tuple[Connection, list[Action]]:
     fo = cfg.failover
     out: list[Action] = []
     by_name = dict(zip(c.tunnels, c.health))
     cur = c.active
+
+    if cloud_moved and cur is not None and operator_to is None:
+        others = [t for t in c.tunnels if t != cur and by_name[t].usable and not by_name[t].drained]
+        if others:
+            to = others[0]
+            c = _switch(c._replace(pinned=to, mismatches=()), to, CLOUD,
+                        f"cloud moved traffic to {to}, following", now, out)
+            cur = to
 
     if operator_to is not None:
         target = by_name[operator_to]

@@ -69,6 +69,43 @@ def list_sas(lab: Lab, role: str = "cgw") -> list[dict]:
         s.close()
 
 
+def child_packets(lab: Lab, role: str = "cgw") -> dict[str, tuple[int, int]]:
+    """Per tunnel (charon connection name): packets out and in over all its CHILD SAs."""
+    import vici
+
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(str(daemons.vici_path(lab, role)))
+    try:
+        out: dict[str, tuple[int, int]] = {}
+        for sa in vici.Session(s).list_sas():
+            for name, ike in sa.items():
+                o, i = out.get(name, (0, 0))
+                for child in ike.get("child-sas", {}).values():
+                    o += int(child.get("packets-out", b"0"))
+                    i += int(child.get("packets-in", b"0"))
+                out[name] = (o, i)
+        return out
+    finally:
+        s.close()
+
+
+def policy_carrier(lab: Lab, count: int = 30) -> str | None:
+    """Policy mode: the tunnel whose CHILD SAs carry LAN <-> VPC traffic, by charon's own
+    per-SA counters around a burst of `count` LAN -> VPC pings (both directions must have
+    carried most of it); None if no single tunnel did. Probes cross both tunnels at 10/s,
+    far below the burst."""
+    a = child_packets(lab)
+    lab.exec("lan", "ping", "-n", "-q", "-c", str(count), "-i", "0.002", "-W", "1",
+             lab.plan.vpc_host, check=False)
+    b = child_packets(lab)
+    busy = [name for name in b if name in a and b[name][0] - a[name][0] >= 0.8 * count
+            and b[name][1] - a[name][1] >= 0.8 * count]
+    if len(busy) != 1:
+        return None
+    return busy[0].rsplit("-", 1)[-1]
+
+
 def vpnd_routes(lab: Lab) -> list[str]:
     return lab.ip("cgw", "route", "show", "proto", "249").stdout.strip().splitlines()
 
@@ -209,6 +246,10 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
 
 
 def cmd_demo(lab: Lab, backend: str, routing: str) -> int:
+    if routing == "policy":
+        print("lab: the demo shows route mode; `vpnd lab up --routing policy` leaves a policy-mode "
+              "lab running (docs/policy-mode.md)", file=sys.stderr)
+        return 2
     if backend == "vm":
         from vpnd.lab import vm
 

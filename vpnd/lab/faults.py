@@ -2,7 +2,8 @@
 
 `blackhole(n)` drops tunnel n's data path while IKE stays up (DPD keeps answering, the SAs stay
 installed): the failure that IKE alone never notices. In the libipsec backend ESP travels in
-UDP 4500 like IKE, so the drop is on the decrypted inner traffic (the tunnel's VXLAN); in the
+UDP 4500 like IKE, so the drop is on the decrypted inner traffic (the tunnel's VXLAN), or in
+policy mode (no VXLAN) on that tunnel's ESP packets told apart from IKE by the marker; in the
 native backend it is everything through the cloud's XFRM interface of that tunnel.
 """
 
@@ -12,8 +13,14 @@ from vpnd.lab import daemons
 from vpnd.lab.topology import Lab, LabError, sh
 
 
-def blackhole(lab: Lab, tunnel: int, backend: str) -> None:
-    if backend == "libipsec":
+def blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> None:
+    if routing == "policy":
+        # ESP-in-UDP of that tunnel only: IKE shares port 4500 but starts with a zero
+        # non-ESP marker, ESP with its (non-zero) SPI, 8 bytes into the UDP header.
+        cloud = lab.plan.cloud_wan[tunnel]
+        rules = [f"ip daddr {cloud} udp dport 4500 @th,64,32 != 0 drop",
+                 f"ip saddr {cloud} udp sport 4500 @th,64,32 != 0 drop"]
+    elif backend == "libipsec":
         ours = lab.plan.endpoints[tunnel][0]
         rules = [f"ip saddr {ours} udp dport 4789 drop", f"ip daddr {ours} udp dport 4789 drop"]
     else:

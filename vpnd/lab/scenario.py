@@ -8,6 +8,10 @@ Backends:
   CHILD SA carries only a /32 endpoint pair and a VXLAN link per tunnel (vxlan1/vxlan2, inner
   169.254.x.x/30) runs over it, so kernel routes with metrics choose the tunnel. vpnd uses the
   VXLAN links as `interface_kind = "existing"`.
+- `libipsec` with `routing = "policy"` (the vendor's single-egress "protected data flows"):
+  no VXLAN, no vpnd routes; both tunnels' CHILD SAs carry LAN <-> VPC, plus each tunnel's
+  own endpoint /32 pair as its probe path (the only traffic that can cross the standby);
+  charon's libipsec routes everything into its TUN and picks the CHILD SA (docs/policy-mode.md).
 - `native` (kernel ESP and XFRM interfaces): vpnd creates ipsec0/ipsec1 (if_id 42/43) in cgw;
   the lab creates the cloud's own XFRM interfaces (if_id 52/53); TS 0.0.0.0/0 as in seed 003.
 
@@ -86,7 +90,11 @@ def write_config(lab: Lab, opts: Options) -> Path:
             f'interface = "{tunnel_ifname(opts.backend, i)}"',
             f"if_id = {42 + i}",
         ]
-        if opts.backend == "libipsec":
+        if opts.routing == "policy":
+            t = t[:5] + [f'local_ts = ["{p.lan_net}", "{ours}/32"]',
+                         f'remote_ts = ["{p.vpc_net}", "{theirs}/32"]',
+                         f'probe_source = "{ours}"', f'probe_destination = "{theirs}"']
+        elif opts.backend == "libipsec":
             t += ['interface_kind = "existing"', f'local_ts = ["{ours}/32"]', f'remote_ts = ["{theirs}/32"]']
         else:
             t += ['underlay = "wan0"']
@@ -143,6 +151,15 @@ transmit_interval_ms = {opts.bfd_ms}
 def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
     """Per backend: what carries each tunnel's traffic, on both sides."""
     p = lab.plan
+    if opts.routing == "policy":
+        if opts.backend != "libipsec":
+            raise LabError("policy mode runs on the libipsec backend only (so far)")
+        for i in range(2):      # each tunnel's probe path; TS addresses must exist (lab-notes)
+            ours, theirs = p.endpoints[i]
+            lab.ip("cgw", "addr", "add", f"{ours}/32", "dev", "lo")
+            lab.ip("cloud", "addr", "add", f"{theirs}/32", "dev", "lo")
+        nft(lab, "cloud", _cloud_table(""))
+        return
     if opts.backend == "libipsec":
         for i in range(2):
             ours, theirs = p.endpoints[i]
@@ -179,7 +196,13 @@ def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
     rules = "\n".join(
         f'  iifname "{tunnel_ifname(opts.backend, i) if opts.backend == "libipsec" else f"cloud{i}"}" ct mark set {i + 1}'
         for i in range(2))
-    nft(lab, "cloud", f"""table ip vpndlab {{
+    nft(lab, "cloud", _cloud_table(rules))
+
+
+def _cloud_table(rules: str) -> str:
+    """The cloud's nft table: conntrack marks for symmetric return (route modes) and the
+    empty `blackhole` chain that faults.blackhole fills."""
+    return f"""table ip vpndlab {{
  chain pre {{
   type filter hook prerouting priority mangle; policy accept;
 {rules}
@@ -200,7 +223,7 @@ def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
   jump blackhole
  }}
 }}
-""")
+"""
 
 
 def load_cloud(lab: Lab, config: Config, opts: Options) -> None:

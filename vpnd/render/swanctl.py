@@ -175,8 +175,16 @@ def build_conn(
     return body
 
 
-def vici_conn(conn: ConnectionConfig, tunnel: TunnelConfig) -> dict:
-    """The load-conn body for one tunnel (child named like the connection)."""
+def policy_priority(conn: ConnectionConfig, tunnel: TunnelConfig, active: str | None = None) -> int:
+    """Policy mode's CHILD SA priority (lower = preferred, the vendor's 1 / 2): 1 for the
+    tunnel that should carry traffic (`active`, by default tunnel 1), 2 for the others."""
+    preferred = active if active is not None else conn.tunnels[0].name
+    return 1 if tunnel.name == preferred else 2
+
+
+def vici_conn(conn: ConnectionConfig, tunnel: TunnelConfig, active: str | None = None) -> dict:
+    """The load-conn body for one tunnel (child named like the connection). `active` (policy
+    mode): the tunnel vpnd has chosen, which gets the better CHILD SA priority."""
     local_ts, remote_ts = traffic_selectors(conn, tunnel)
     return build_conn(
         conn, conn_name(conn.name, tunnel.name),
@@ -186,7 +194,7 @@ def vici_conn(conn: ConnectionConfig, tunnel: TunnelConfig) -> dict:
         if_id=tunnel.if_id if uses_if_id(conn, tunnel) else None,
         # Single-egress policy mode (seed 003): both children cover the same flows; the
         # active tunnel's policies win by priority (lower value = preferred).
-        priority=tunnel_index(conn, tunnel) + 1 if conn.routing == "policy" else None,
+        priority=policy_priority(conn, tunnel, active) if conn.routing == "policy" else None,
     )
 
 

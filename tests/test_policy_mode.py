@@ -1,0 +1,119 @@
+"""Policy mode on the lab (libipsec backend): both tunnels carry LAN <-> VPC, vpnd picks the
+CHILD SA that carries it. Which tunnel does is read from charon's own per-SA counters while
+LAN -> VPC pings run, never from vpnd's word."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import pytest
+
+from vpnd.lab import daemons, faults
+from vpnd.lab.cli import both_established, list_sas, policy_carrier, wait_until
+from vpnd.lab.pinger import Pinger
+
+pytestmark = pytest.mark.lab
+
+
+def carrier_is(lab, tunnel: str) -> bool:
+    return policy_carrier(lab.lab) == tunnel
+
+
+def ready(lab, pinger_s: float = 60):
+    """vpnd up, tunnel 1 chosen and carrying the pings (which run from here on)."""
+    if lab.vpnd_pid is None:
+        lab.start_vpnd()
+    wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
+    lab.wait_event("policy.switched", active="tunnel1", timeout=lab.opts.preempt_delay + 20)
+    pinger = Pinger(lab.lab, duration=pinger_s)
+    wait_until("LAN -> VPC on tunnel 1", lambda: carrier_is(lab, "tunnel1"), 10)
+    return pinger
+
+
+def test_black_hole_moves_traffic_and_preempt_brings_it_back(make_lab):
+    lab = make_lab(routing="policy", preempt_delay=2.0)
+    pinger = ready(lab)
+    states = len(lab.events("tunnel.state_changed"))
+    faults.blackhole(lab.lab, 0, "libipsec", "policy")
+    wait_until("traffic on tunnel 2", lambda: carrier_is(lab, "tunnel2"), 15, interval=0)
+    time.sleep(0.3)
+    report = pinger.stop()
+    assert report.received > 0.5 * report.sent, report
+    assert report.outage_ms < 2000, report      # bench/failover.py measures; here: bounded
+    e = lab.events("connection.active_changed", active="tunnel2")[-1]
+    assert "probes lost" in e["reason"], e
+    assert lab.events("policy.switched", active="tunnel2")[-1]["op"] == "replace_child"
+
+    pinger = Pinger(lab.lab, duration=30)
+    faults.repair(lab.lab)
+    t0 = time.monotonic()
+    wait_until("back on tunnel 1", lambda: carrier_is(lab, "tunnel1"), 15, interval=0)
+    assert time.monotonic() - t0 >= 1.9, "not before the preempt delay"
+    time.sleep(0.3)
+    back = pinger.stop()
+    assert back.outage_ms < 200, f"moving back to a healthy tunnel loses (almost) nothing: {back}"
+    # IKE stayed up and vpnd's CHILD SA replacements are rekeys to the core: no tunnel changed
+    assert lab.events("tunnel.state_changed")[states:] == []
+
+
+def test_ike_sa_killed_switches_at_once(make_lab):
+    lab = make_lab(routing="policy", preempt_delay=5.0)
+    pinger = ready(lab)
+    faults.terminate_ike(lab.lab, "vpc1", "tunnel1")
+    e = lab.wait_event("connection.active_changed", active="tunnel2", timeout=10)
+    assert "probes lost" not in e["reason"], "a lost CHILD SA switches without waiting for probes"
+    wait_until("traffic on tunnel 2", lambda: carrier_is(lab, "tunnel2"), 10)
+    # vpnd re-initiates tunnel 1; on libipsec its new CHILD SA would take the traffic back
+    # (newest wins) before the preempt delay: vpnd re-asserts tunnel 2
+    lab.wait_event("tunnel.state_changed", tunnel="tunnel1", to="established", after=1, timeout=10)
+    lab.wait_event("policy.reasserted", active="tunnel2", timeout=5)
+    assert carrier_is(lab, "tunnel2")
+    report = pinger.stop()
+    assert report.received > 0.8 * report.sent, report
+
+
+def test_vpnd_sigkilled_and_restarted_switches_nothing(make_lab):
+    lab = make_lab(routing="policy")
+    pinger = ready(lab)
+    before = list_sas(lab.lab)
+    switched = len(lab.events("policy.switched"))
+    lab.stop_vpnd(sig=signal.SIGKILL)
+    assert carrier_is(lab, "tunnel1"), "traffic stays while vpnd is away"
+    lab.start_vpnd()
+    adopted = lab.wait_event("policy.switched", after=switched, timeout=20)
+    assert adopted["active"] == "tunnel1" and adopted["op"] == "adopted", adopted
+    time.sleep(1.5)     # let the restarted vpnd probe and decide; nothing may move
+    assert carrier_is(lab, "tunnel1")
+    assert list_sas(lab.lab) == before, "no CHILD SA replaced, none re-negotiated"
+    assert len(lab.events("policy.switched")) == switched + 1
+    report = pinger.stop()
+    assert report.outage_ms < 100, report
+
+
+def test_the_cloud_moving_traffic_is_followed(make_lab, tmp_path):
+    """XfrmInTmplMismatch rising (the seed's signal; libipsec never counts, so the test
+    writes the counter vpnd reads): vpnd follows to tunnel 2, says so, and stays there."""
+    lab = make_lab(routing="policy", preempt_delay=1.0)
+    stat = tmp_path / "xfrm_stat"
+    stat.write_text("XfrmInTmplMismatch      \t0\n")
+    lab.vpnd_pid = daemons.start_vpnd(lab.lab, lab.lab.dir / "vpnd.toml",
+                                      extra_env={"VPND_XFRM_STAT": str(stat)})
+    pinger = ready(lab)
+    time.sleep(1.0)                                     # past hold_down since the first choice
+    for n in (5, 17, 30):
+        stat.write_text(f"XfrmInTmplMismatch      \t{n}\n")
+        time.sleep(0.25)
+    e = lab.wait_event("connection.active_changed", active="tunnel2", timeout=5)
+    assert e["reason"] == "cloud moved traffic to tunnel2, following", e
+    assert lab.events("xfrm.in_tmpl_mismatch")
+    metrics = lab.lab.exec("cgw", sys.executable, "-c", "import urllib.request; print(urllib"
+                           ".request.urlopen('http://127.0.0.1:9456/metrics').read().decode())")
+    assert "vpnd_xfrm_in_tmpl_mismatch 30.0" in metrics.stdout
+    wait_until("traffic on tunnel 2", lambda: carrier_is(lab, "tunnel2"), 10)
+    time.sleep(2.0)                                     # > preempt_delay: the cloud's choice stays
+    assert carrier_is(lab, "tunnel2")
+    assert not lab.events("connection.active_changed", active="tunnel1", reason="preferred")
+    report = pinger.stop()
+    assert report.outage_ms < 100, report

@@ -1,0 +1,154 @@
+"""vpnd/policy.py's procedure, against a recording stand-in for the charon adapter: the kernel
+XFRM path cannot run on this host (no ESP), the libipsec path also runs on real charons in
+tests/test_policy_mode.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+from core_helpers import config, connection
+from vpnd.core.events import TunnelKey
+from vpnd.policy import PolicySelector
+
+
+class Client:
+    def __init__(self, calls):
+        self.calls = calls
+
+    async def load_conn(self, conns):
+        for name, body in conns.items():
+            child = body["children"][name]
+            self.calls.append(("load", name, child["priority"]))
+
+
+class FakeCharon:
+    def __init__(self, plugins, children):
+        self.calls: list[tuple] = []
+        self.client = Client(self.calls)
+        self._plugins = plugins
+        self._children = children          # tunnel name -> [(child id, ike id)]
+        self.desired = None
+
+    def name_of(self, key):
+        return f"vpnd-{key.connection}-{key.tunnel}"
+
+    def desire(self, desired):
+        self.desired = desired
+
+    async def plugins(self):
+        return self._plugins
+
+    async def children(self, key):
+        return self._children.get(key.tunnel, [])
+
+    async def replace_child(self, key):
+        self.calls.append(("replace", key.tunnel))
+        new = max(c for cs in self._children.values() for c, _ in cs) + 1
+        self._children[key.tunnel] = [(new, 1)]
+        return new
+
+
+POLICY = config(connection(routing="policy"))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_libipsec_switch_reloads_priorities_then_replaces_only_the_chosen_child():
+    charon = FakeCharon(("kernel-libipsec", "vici"), {"t1": [(1, 1)], "t2": [(2, 2)]})
+    sel = PolicySelector(POLICY, charon)
+
+    async def main():
+        done = await sel.set_active("c", "t1")        # t2's child is newer: t2 carries
+        assert done["op"] == "replace_child"
+        assert await sel.set_active("c", "t1") is None  # already so: nothing sent
+        await sel.set_active("c", "t2")
+        await sel.stop()
+
+    run(main())
+    assert charon.calls == [
+        ("load", "vpnd-c-t1", "1"), ("load", "vpnd-c-t2", "2"), ("replace", "t1"),
+        ("load", "vpnd-c-t1", "2"), ("load", "vpnd-c-t2", "1"), ("replace", "t2"),
+    ]
+    # a charon restart reloads what was chosen last
+    assert charon.desired.conns["vpnd-c-t2"]["children"]["vpnd-c-t2"]["priority"] == "1"
+
+
+def test_libipsec_restart_adopts_the_tunnel_already_carrying():
+    from vpnd.core.events import SaSnapshot, TunnelSa
+
+    charon = FakeCharon(("kernel-libipsec",), {"t1": [(7, 1)], "t2": [(2, 2)]})
+    sel = PolicySelector(POLICY, charon)
+    sel.found_at_start(SaSnapshot((TunnelSa(TunnelKey("c", "t1"), 1, "ESTABLISHED", 7, "INSTALLED"),
+                                   TunnelSa(TunnelKey("c", "t2"), 2, "ESTABLISHED", 2, "INSTALLED"))))
+    done = run(sel.set_active("c", "t1"))
+    assert done["op"] == "adopted"
+    assert not [c for c in charon.calls if c[0] == "replace"]
+
+
+def test_children_vpnd_brought_up_itself_are_never_adopted():
+    # a fresh start: unique ids follow creation, not installation, so t1's higher id proves
+    # nothing about which of the two installed last
+    charon = FakeCharon(("kernel-libipsec",), {"t1": [(2, 1)], "t2": [(1, 2)]})
+    sel = PolicySelector(POLICY, charon)
+    assert run(sel.set_active("c", "t1"))["op"] == "replace_child"
+
+
+def test_libipsec_reasserts_when_the_standby_child_is_reinstalled():
+    charon = FakeCharon(("kernel-libipsec",), {"t1": [(1, 1)], "t2": [(2, 2)]})
+    sel = PolicySelector(POLICY, charon)
+
+    async def main():
+        await sel.set_active("c", "t1")
+        sel.child_installed(TunnelKey("c", "t1"))      # the chosen one itself: nothing
+        sel.child_installed(TunnelKey("c", "t2"))      # e.g. t2 rekeyed: t1 again
+        await asyncio.sleep(0)
+        await asyncio.gather(*sel._tasks)
+
+    run(main())
+    assert [c for c in charon.calls if c[0] == "replace"] == [("replace", "t1"), ("replace", "t1")]
+
+
+def test_kernel_xfrm_also_gives_the_demoted_tunnel_a_priority_2_child():
+    charon = FakeCharon(("kernel-netlink",), {"t1": [(1, 1)], "t2": [(2, 2)]})
+    sel = PolicySelector(POLICY, charon)
+
+    async def main():
+        await sel.set_active("c", "t1")
+        await sel.set_active("c", "t2")
+        await asyncio.gather(*sel._tasks)
+        sel.child_installed(TunnelKey("c", "t1"))      # priorities decide there: no re-assert
+        assert not sel._tasks
+
+    run(main())
+    # t1 chosen (its demotion of t2 is overtaken by the switch to t2), then t2 chosen and t1
+    # demoted in the background
+    assert [c[1] for c in charon.calls if c[0] == "replace"] == ["t1", "t2", "t1"]
+
+
+def test_charon_refusing_leaves_the_choice_unmade_so_it_is_retried():
+    from vpnd.vici_client import ViciUnavailable
+
+    charon = FakeCharon(("kernel-libipsec",), {"t1": [(1, 1)], "t2": [(2, 2)]})
+
+    async def refuse(conns):
+        raise ViciUnavailable("load-conn: not connected to charon")
+    charon.client.load_conn = refuse
+    sel = PolicySelector(POLICY, charon)
+    done = run(sel.set_active("c", "t1"))
+    assert done["op"] == "failed" and "not connected" in done["error"]
+    assert "c" not in sel.active        # the next SetActive(t1) is carried out, not skipped
+    assert sel.failed == {"c": "t1"}
+
+    async def back(conns):
+        return await Client(charon.calls).load_conn(conns)
+    charon.client.load_conn = back
+
+    async def main():
+        sel.retry()                     # charon is back: its snapshot arrives
+        await asyncio.gather(*sel._tasks)
+
+    run(main())
+    assert sel.active == {"c": "t1"} and sel.failed == {}
+    assert ("replace", "t1") in charon.calls

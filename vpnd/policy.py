@@ -1,0 +1,198 @@
+"""Policy mode (`routing = "policy"`): which tunnel carries the protected flows, set over VICI.
+
+Both tunnels' CHILD SAs carry the same traffic selectors (LAN <-> VPC); no routes, no XFRM
+interfaces. What picks the tunnel, measured with charon 5.9.8 (docs/policy-mode.md):
+
+- libipsec (this lab's backend): the most recently installed CHILD SA wins, `priority` is
+  ignored; deleting the carrier falls back to the other. Neither `load-conn` with swapped
+  priorities nor `rekey` moves traffic; a fresh CHILD SA on the preferred tunnel does, with
+  no packet lost.
+- kernel XFRM (kernel-netlink, read from its source): both children share one kernel policy
+  per selector; the installed template is the CHILD SA with the lowest `priority` value, and
+  on a tie the newest. A rekey keeps the CHILD SA's old config (and priority).
+
+So one procedure serves both: reload the connection's conns with the chosen tunnel at
+priority 1 and the others at 2 (future CHILD SAs, re-initiations and kernel XFRM obey it),
+then give the chosen tunnel a fresh CHILD SA (`CharonAdapter.replace_child`: terminate its
+old CHILD SA, initiate a new one; charon refuses an identical duplicate, so make-before-break
+is not available). The chosen tunnel never carries traffic while its CHILD SA is replaced,
+so users lose nothing; the tunnel being left keeps carrying until the new one is installed.
+On kernel XFRM the tunnel being left also gets a fresh CHILD SA (priority 2), or its next
+rekey, which keeps the old priority 1 and is newest, would take the traffic back. On
+libipsec that would take it back at once; there instead, whenever another tunnel's CHILD SA
+is (re)installed (a rekey, a re-initiation), the chosen one is re-asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from vpnd import logs
+from vpnd.config.model import Config, ConnectionConfig
+from vpnd.core.events import TunnelKey
+
+log = logs.get("vpnd.policy")
+
+LIBIPSEC = "kernel-libipsec"
+
+
+class PolicySelector:
+    """Carries out SetActive for policy-mode connections through the charon adapter."""
+
+    def __init__(self, config: Config, charon: Any) -> None:
+        self.config = config
+        self.charon = charon
+        self.active: dict[str, str | None] = {}      # connection -> tunnel asserted in charon
+        self._newest_wins: bool | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._lock = asyncio.Lock()     # one CHILD SA replacement at a time (switch, re-assert)
+        self.found: set[int] = set()    # CHILD SAs charon already had when vpnd connected
+        self.failed: dict[str, str] = {}   # connection -> tunnel whose switch charon refused
+
+    def _conn(self, name: str) -> ConnectionConfig:
+        return next(c for c in self.config.connections if c.name == name)
+
+    async def newest_wins(self) -> bool:
+        """True on libipsec (priority ignored, the newest CHILD SA carries)."""
+        if self._newest_wins is None:
+            self._newest_wins = LIBIPSEC in await self.charon.plugins()
+        return self._newest_wins
+
+    def desired(self, active: Mapping[str, str | None] | None = None):
+        from vpnd.charon import desired_from_config
+        return desired_from_config(self.config, active if active is not None else self.active)
+
+    def found_at_start(self, snapshot: Any) -> None:
+        """The first SaSnapshot after vpnd started: the CHILD SAs a predecessor left."""
+        self.found = {sa.child_id for sa in snapshot.sas if sa.child_id is not None}
+
+    async def carrier(self, conn: ConnectionConfig) -> str | None:
+        """After a restart, on libipsec: the tunnel whose CHILD SA carries traffic, when it
+        can be told: every CHILD SA was there before vpnd started (none re-negotiated
+        since), and the newest (highest unique id) is then the last one a predecessor
+        asserted. Unique ids follow creation, not installation: two CHILD SAs negotiated
+        at the same time (a fresh start) can install in the other order, hence None for
+        anything vpnd itself brought up; the caller then asserts, which is always safe."""
+        best: tuple[int, str] | None = None
+        for t in conn.tunnels:
+            for child_id, _ in await self.charon.children(TunnelKey(conn.name, t.name)):
+                if child_id not in self.found:
+                    return None
+                if best is None or child_id > best[0]:
+                    best = (child_id, t.name)
+        return best[1] if best else None
+
+    async def set_active(self, connection: str, tunnel: str | None, *,
+                         retrying: bool = False) -> dict | None:
+        """Make `tunnel` carry the connection's flows. Returns what was done (for the log),
+        None when charon already had it so."""
+        if tunnel is None or self.active.get(connection) == tunnel:
+            if not retrying:            # the core chose again: an older refused switch is moot
+                self.failed.pop(connection, None)
+            return None         # withdraw: both CHILD SAs stay, nothing better to do here
+        from vpnd.vici_client import ViciError, ViciException
+
+        async with self._lock:
+            if retrying and self.failed.get(connection) != tunnel:
+                return None     # another choice was carried out meanwhile
+            previous = self.active.get(connection)
+            try:
+                done = await self._set_active(connection, tunnel)
+                if done is None or done.get("op") != "failed":
+                    self.failed.pop(connection, None)
+                else:
+                    self.failed[connection] = tunnel
+                return done
+            except (ViciError, ViciException) as e:
+                self.failed[connection] = tunnel
+                # charon unreachable or refusing: the next SetActive or re-assert retries
+                if previous is None:
+                    self.active.pop(connection, None)
+                else:
+                    self.active[connection] = previous
+                log.error("policy.switch_failed", connection=connection, tunnel=tunnel,
+                          error=str(e))
+                return {"op": "failed", "error": str(e)}
+
+    async def _set_active(self, connection: str, tunnel: str) -> dict | None:
+        conn = self._conn(connection)
+        first = connection not in self.active
+        previous = self.active.get(connection)
+        self.active[connection] = tunnel
+        t0 = time.perf_counter()
+        desired = self.desired()
+        self.charon.desire(desired)         # a charon restart reloads these priorities
+        for t in conn.tunnels:
+            name = self.charon.name_of(TunnelKey(connection, t.name))
+            await self.charon.client.load_conn({name: desired.conns[name]})
+        loaded = time.perf_counter()
+        newest_wins = await self.newest_wins()
+        if first and newest_wins and await self.carrier(conn) == tunnel:
+            # vpnd (re)started and charon already sends through the chosen tunnel: adopt it
+            return {"op": "adopted", "load_ms": _ms(t0, loaded)}
+        child = await self.charon.replace_child(TunnelKey(connection, tunnel))
+        done = time.perf_counter()
+        if child is None:
+            self.active[connection] = previous
+            log.error("policy.switch_failed", connection=connection, tunnel=tunnel,
+                      note="its fresh CHILD SA did not come up; the other tunnel keeps traffic")
+            return {"op": "failed", "load_ms": _ms(t0, loaded), "vici_ms": _ms(loaded, done)}
+        if not newest_wins:
+            for t in conn.tunnels:      # the others: a fresh CHILD SA at priority 2
+                if t.name != tunnel:
+                    self._background(self._demote(TunnelKey(connection, t.name), tunnel))
+        return {"op": "replace_child", "child_id": child, "load_ms": _ms(t0, loaded),
+                "vici_ms": _ms(loaded, done), "total_ms": _ms(t0, done)}
+
+    async def _demote(self, other: TunnelKey, chosen: str) -> None:
+        """kernel XFRM: the tunnel left behind gets a CHILD SA at priority 2, in the background
+        (it may be the broken one: the switch must not wait for it)."""
+        async with self._lock:
+            if self.active.get(other.connection) == chosen:
+                await self.charon.replace_child(other)
+
+    def retry(self) -> None:
+        """charon's full truth arrived again (a reconnect, the resync timer): switches it
+        refused are tried once more."""
+        for connection, tunnel in list(self.failed.items()):
+            async def again(connection=connection, tunnel=tunnel) -> None:
+                done = await self.set_active(connection, tunnel, retrying=True)
+                if done:
+                    log.info("policy.switched", connection=connection, active=tunnel,
+                             retried=True, **done)
+            self._background(again())
+
+    def child_installed(self, tunnel: TunnelKey) -> None:
+        """A CHILD SA of `tunnel` was (re)installed (ChildUp / ChildRekeyed). On libipsec it
+        now carries the traffic: if vpnd chose another tunnel, re-assert that one."""
+        chosen = self.active.get(tunnel.connection)
+        if chosen is None or chosen == tunnel.tunnel or self._newest_wins is not True:
+            return
+
+        async def reassert() -> None:
+            async with self._lock:
+                if self.active.get(tunnel.connection) != chosen:
+                    return          # a switch happened meanwhile
+                t0 = time.perf_counter()
+                child = await self.charon.replace_child(TunnelKey(tunnel.connection, chosen))
+                log.info("policy.reasserted", connection=tunnel.connection, active=chosen,
+                         because=f"{tunnel.tunnel}'s CHILD SA was installed", child_id=child,
+                         vici_ms=_ms(t0, time.perf_counter()))
+        self._background(reassert())
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _ms(a: float, b: float) -> float:
+    return round((b - a) * 1000, 2)
