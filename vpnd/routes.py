@@ -103,8 +103,20 @@ class RouteController:
     # --- the kernel's view -----------------------------------------------------------------
 
     async def _refresh_links(self) -> None:
+        """Indexes of this connection's own tunnel interfaces, asked for by name: a full link
+        dump decodes every link on the box, and with 50 connections (100 tunnels) that made
+        each switch and each start-up step cost O(all links) (bench/scale.py)."""
         assert self._ipr is not None
-        self._ifindex = {l.get("ifname"): l["index"] async for l in await self._ipr.link("dump")}
+        found = {}
+        for t in self.conn.tunnels:
+            try:
+                reply = await self._ipr.link("get", ifname=t.interface)
+            except Exception:          # ENODEV: not there (yet); a write to it is skipped
+                continue
+            links = [l async for l in reply] if hasattr(reply, "__aiter__") else list(reply)
+            if links:
+                found[t.interface] = links[0]["index"]
+        self._ifindex = found
 
     async def kernel_routes(self) -> set[Route]:
         assert self._ipr is not None
