@@ -71,7 +71,7 @@ class RouteController:
         self.repairs = 0
         self._prefixes = {str(n) for n in conn.remote_networks}
         self._ipr: AsyncIPRoute | None = None
-        self._watch: asyncio.Task | None = None
+        self._watch: netlink.Listener | None = None
         self._ifindex: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
@@ -81,10 +81,8 @@ class RouteController:
         """Subscribe first, then read the kernel's state and adopt it."""
         self._ipr = await netlink.open_rtnl(self.netns)
         groups = RTMGRP_IPV4_ROUTE | RTMGRP_LINK
-        events = await netlink.subscribe(self.netns, groups)
-        self._watch = asyncio.create_task(
-            netlink.watch(events, self.netns, groups, self._on_message, self._overrun),
-            name=f"routes-{self.conn.name}")
+        self._watch = await netlink.listen(self.netns, groups, self._on_message, self._overrun,
+                                           name=f"routes-{self.conn.name}")
         await self._refresh_links()
         present = await self.kernel_routes()
         self.active = self._infer_active(present)
@@ -95,8 +93,8 @@ class RouteController:
     async def stop(self) -> None:
         """Leaves the routes in place: a restart or upgrade must not drop traffic."""
         if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+            await self._watch.close()
+            self._watch = None
         if self._ipr is not None:
             self._ipr.close()
 
@@ -157,7 +155,12 @@ class RouteController:
             old = self.active
             self.active = tunnel
             if old == tunnel:
-                return await self._converge()
+                # Nothing to move: the kernel already matched at start (adoption converges)
+                # and every change since was watched and repaired. Dumping here cost a
+                # route dump per connection each time the core re-announced its choice (both
+                # tunnels down, "keep"), O(all routes) each: a saturated core at 50
+                # connections in a flap storm (bench/scale.py).
+                return 0
             # Preferred metric first (traffic moves), then the standby metric.
             return sum([await self._write("replace", r)
                         for r in sorted(desired_routes(self.conn, tunnel), key=lambda r: r.metric)])
