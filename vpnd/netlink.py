@@ -45,6 +45,26 @@ async def subscribe(netns: str | None, groups: int) -> AsyncIPRoute:
     return events
 
 
+async def watch(events: AsyncIPRoute, netns: str | None, groups: int,
+                on_message: Callable[[Any], Awaitable[None]],
+                on_overrun: Callable[[], Awaitable[None]]) -> None:
+    """Feed every message of one's own subscription to `on_message` until cancelled;
+    resubscribe after an overrun. vpnd's adapters use the shared `listen` instead."""
+    while True:
+        try:
+            async for m in events.get():
+                await on_message(m)
+        except asyncio.CancelledError:
+            events.close()
+            raise
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            events.close()
+            events = await subscribe(netns, groups)
+            await on_overrun()
+
+
 class Listener:
     """One owner's view of the shared subscription: its messages, in order, on its own task."""
 
@@ -116,9 +136,19 @@ class _Hub:
                     log.error("netlink.subscription_failed", netns=self.netns, error=repr(exc))
                     await asyncio.sleep(0.1)
                 self._events.close()
-                self._events = await subscribe(self.netns, self.GROUPS)
+                self._events = await self._resubscribe()
                 for listener in self.listeners:
                     listener.put(_OVERRUN)
+
+    async def _resubscribe(self) -> AsyncIPRoute:
+        delay = 0.1
+        while True:
+            try:
+                return await subscribe(self.netns, self.GROUPS)
+            except Exception as exc:    # e.g. out of sockets: keep trying, say so
+                log.error("netlink.resubscribe_failed", netns=self.netns, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def remove(self, listener: Listener) -> None:
         if listener in self.listeners:
