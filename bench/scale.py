@@ -484,7 +484,10 @@ def as_json(results: list[Result], args: argparse.Namespace) -> dict:
             "runs": [{"connections": r.connections, "tunnels": r.tunnels,
                       "startup_s": round(r.startup_s, 2), "steady": phase(r.steady),
                       "storm": phase(r.storm), "log_errors": r.log_errors,
-                      "probe_send_failures": r.probe_failures} for r in results],
+                      "probe_send_failures": r.probe_failures,
+                      # every flap the fake sent was handled before the storm ended
+                      "kept_up": r.storm.transitions >= r.storm.charon_events}
+                     for r in results],
             "target": {"connections": biggest.connections, "cpu_percent": TARGET_CPU_PERCENT,
                        "rss_mb": TARGET_RSS_MB},
             "ok": ok, "python": sys.version.split()[0]}
