@@ -62,3 +62,27 @@ async def test_owners_share_one_subscription_and_get_their_groups():
             await b.close()
             await c.close()
         assert not [h for h in netlink._hubs.values() if h.netns == ns]
+
+
+async def test_a_backlog_past_the_limit_becomes_one_overrun(monkeypatch):
+    """A flood the owner cannot keep up with: the old messages go, the owner resyncs once
+    (like ENOBUFS on its own socket), and what came after is still delivered."""
+    monkeypatch.setattr(netlink, "BACKLOG", 5)
+    got, overruns = [], []
+
+    async def on_message(m):
+        got.append(m)
+
+    async def on_overrun():
+        overruns.append(len(got))
+
+    class NoHub:
+        async def remove(self, listener):
+            pass
+
+    listener = netlink.Listener(NoHub(), RTMGRP_LINK, on_message, on_overrun, name="t")
+    for i in range(8):                  # queued before the owner's task has run at all
+        listener.put(i)
+    await until(lambda: got and got[-1] == 7)
+    assert overruns == [0] and got == [5, 6, 7]
+    await listener.close()

@@ -31,6 +31,7 @@ _GROUP_OF = {
     "RTM_NEWROUTE": RTMGRP_IPV4_ROUTE, "RTM_DELROUTE": RTMGRP_IPV4_ROUTE,
 }
 _OVERRUN = object()
+BACKLOG = 10_000            # messages queued per listener before it is told to resync instead
 
 
 async def open_rtnl(netns: str | None) -> AsyncIPRoute:
@@ -78,6 +79,13 @@ class Listener:
         self._task = asyncio.create_task(self._run(), name=name)
 
     def put(self, m: Any) -> None:
+        """Queue a message; a backlog past BACKLOG (a netlink flood the owner cannot keep up
+        with) is dropped for one overrun, as the kernel does with a full socket buffer: the
+        owner resyncs from a dump instead of working through stale history."""
+        if self._queue.qsize() >= BACKLOG:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(_OVERRUN)
         self._queue.put_nowait(m)
 
     async def _run(self) -> None:
