@@ -45,15 +45,13 @@ class LinkKeeper:
         self.on_event = on_event
         self.created = 0
         self._ipr: AsyncIPRoute | None = None
-        self._watch: asyncio.Task | None = None
+        self._watch: netlink.Listener | None = None
         self._by_name = {t.interface: t for t in conn.tunnels}
 
     async def start(self) -> None:
         self._ipr = await netlink.open_rtnl(self.netns)
-        events = await netlink.subscribe(self.netns, RTMGRP_LINK)
-        self._watch = asyncio.create_task(
-            netlink.watch(events, self.netns, RTMGRP_LINK, self._on_message, self._overrun),
-            name=f"links-{self.conn.name}")
+        self._watch = await netlink.listen(self.netns, RTMGRP_LINK, self._on_message, self._overrun,
+                                           name=f"links-{self.conn.name}")
         for t in self.conn.tunnels:
             try:
                 await self.ensure(t)
@@ -63,8 +61,8 @@ class LinkKeeper:
     async def stop(self) -> None:
         """Leaves the interfaces: traffic keeps flowing while vpnd restarts."""
         if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+            await self._watch.close()
+            self._watch = None
         if self._ipr is not None:
             self._ipr.close()
 

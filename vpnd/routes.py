@@ -71,7 +71,7 @@ class RouteController:
         self.repairs = 0
         self._prefixes = {str(n) for n in conn.remote_networks}
         self._ipr: AsyncIPRoute | None = None
-        self._watch: asyncio.Task | None = None
+        self._watch: netlink.Listener | None = None
         self._ifindex: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
@@ -81,10 +81,8 @@ class RouteController:
         """Subscribe first, then read the kernel's state and adopt it."""
         self._ipr = await netlink.open_rtnl(self.netns)
         groups = RTMGRP_IPV4_ROUTE | RTMGRP_LINK
-        events = await netlink.subscribe(self.netns, groups)
-        self._watch = asyncio.create_task(
-            netlink.watch(events, self.netns, groups, self._on_message, self._overrun),
-            name=f"routes-{self.conn.name}")
+        self._watch = await netlink.listen(self.netns, groups, self._on_message, self._overrun,
+                                           name=f"routes-{self.conn.name}")
         await self._refresh_links()
         present = await self.kernel_routes()
         self.active = self._infer_active(present)
@@ -95,16 +93,28 @@ class RouteController:
     async def stop(self) -> None:
         """Leaves the routes in place: a restart or upgrade must not drop traffic."""
         if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+            await self._watch.close()
+            self._watch = None
         if self._ipr is not None:
             self._ipr.close()
 
     # --- the kernel's view -----------------------------------------------------------------
 
     async def _refresh_links(self) -> None:
+        """Indexes of this connection's own tunnel interfaces, asked for by name: a full link
+        dump decodes every link on the box, and with 50 connections (100 tunnels) that made
+        each switch and each start-up step cost O(all links) (bench/scale.py)."""
         assert self._ipr is not None
-        self._ifindex = {l.get("ifname"): l["index"] async for l in await self._ipr.link("dump")}
+        found = {}
+        for t in self.conn.tunnels:
+            try:
+                reply = await self._ipr.link("get", ifname=t.interface)
+            except Exception:          # ENODEV: not there (yet); a write to it is skipped
+                continue
+            links = [l async for l in reply] if hasattr(reply, "__aiter__") else list(reply)
+            if links:
+                found[t.interface] = links[0]["index"]
+        self._ifindex = found
 
     async def kernel_routes(self) -> set[Route]:
         assert self._ipr is not None
@@ -117,12 +127,14 @@ class RouteController:
         return out
 
     def _parse(self, m: Any, names: dict[int, str]) -> Route | None:
+        # Cheapest and most selective checks first: every listener sees every route event,
+        # and with 50 connections 49 of them only need to see that the prefix is not theirs.
         if m.get("proto") != self.protocol or m.get("family") != 2:
-            return None
-        if (m.get("table") or m.get("RTA_TABLE")) not in (MAIN_TABLE, None):
             return None
         prefix = f"{m.get('dst') or m.get('RTA_DST') or '0.0.0.0'}/{m['dst_len']}"
         if prefix not in self._prefixes:
+            return None
+        if (m.get("table") or m.get("RTA_TABLE")) not in (MAIN_TABLE, None):
             return None
         oif = m.get("oif") or m.get("RTA_OIF")
         return Route(prefix, m.get("priority") or m.get("RTA_PRIORITY") or 0, names.get(oif, f"if{oif}"))
@@ -154,7 +166,12 @@ class RouteController:
             old = self.active
             self.active = tunnel
             if old == tunnel:
-                return await self._converge()
+                # Nothing to move: the kernel already matched at start (adoption converges)
+                # and every change since was watched and repaired. Dumping here cost a
+                # route dump per connection each time the core re-announced its choice (both
+                # tunnels down, "keep"), O(all routes) each: a saturated core at 50
+                # connections in a flap storm (bench/scale.py).
+                return 0
             # Preferred metric first (traffic moves), then the standby metric.
             return sum([await self._write("replace", r)
                         for r in sorted(desired_routes(self.conn, tunnel), key=lambda r: r.metric)])

@@ -376,7 +376,10 @@ class ViciClient:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        """Both connections open now: a connection that just broke counts at once, not only
+        once the supervisor has noticed (a request in between fails with ViciUnavailable)."""
+        return (self._connected.is_set() and self._cmd is not None and not self._cmd.is_closed
+                and self._evt is not None and not self._evt.is_closed)
 
     async def wait_connected(self, timeout: float) -> None:
         try:
