@@ -68,6 +68,31 @@ class LinkKeeper:
         if self._ipr is not None:
             self._ipr.close()
 
+    async def remove(self, keep: set[str] = frozenset()) -> list[str]:
+        """Stop watching; delete the XFRM interfaces vpnd made (not `keep`, not someone
+        else's). Used when a reload removes a connection or changes its interfaces."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        gone = []
+        for t in self.conn.tunnels:
+            if t.interface_kind != "xfrm" or t.interface in keep:
+                continue
+            idx = await self._index(t.interface)
+            if idx is not None:
+                try:
+                    await self._ipr.link("del", index=idx)
+                    gone.append(t.interface)
+                except Exception as exc:
+                    log.warning("links.remove_failed", interface=t.interface, error=str(exc))
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        if gone:
+            log.info("links.removed", connection=self.conn.name, interfaces=gone)
+        return gone
+
     def tunnel(self, name: str) -> TunnelConfig | None:
         return next((t for t in self.conn.tunnels if t.name == name), None)
 
