@@ -152,10 +152,11 @@ def test_changed_identity_reloads_only_that_tunnel(make_lab):
           f"{back * 1000:.0f} ms until tunnel 2 is established again")
 
 
-def test_removed_tunnel_is_torn_down(make_lab):
+def test_removed_tunnel_is_torn_down_and_an_added_one_set_up(make_lab):
     lab = make_lab()
     up(lab)
     before = sas(lab)
+    original = (lab.lab.dir / "vpnd.toml").read_text()
 
     def drop_tunnel2(text: str) -> str:
         head, sep, _ = text.partition('[[connection.tunnel]]\nname = "tunnel2"')
@@ -174,6 +175,15 @@ def test_removed_tunnel_is_torn_down(make_lab):
     m = scrape(lab)
     assert sample(m, "vpnd_tunnel_up", tunnel="tunnel2") is None, "series removed"
     assert sample(m, "vpnd_tunnel_up", tunnel="tunnel1") == 1
+    # and back: tunnel 2 is added again
+    event, _ = reload(lab, lambda t: original)
+    assert event["changes"]["vpc1"]["tunnels"]["tunnel2"] == {"action": "added"}
+    wait_until("tunnel 2 set up again", lambda: both_established(lab.lab), 20)
+    wait_until("its standby route", lambda: len(vpnd_routes(lab.lab)) == 2, 10)
+    assert sas(lab)["vpnd-vpc1-tunnel1"] == before["vpnd-vpc1-tunnel1"]
+    assert shared_keys(lab) == ["vpnd-vpc1-tunnel1", "vpnd-vpc1-tunnel2"]
+    wait_until("tunnel 2's series back", lambda: sample(scrape(lab), "vpnd_tunnel_up",
+                                                        tunnel="tunnel2") == 1, 10)
 
 
 def test_invalid_reload_keeps_everything_and_flips_the_metric(make_lab):
