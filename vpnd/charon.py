@@ -40,7 +40,9 @@ from vpnd.core.events import (
     TunnelKey,
     TunnelSa,
 )
-from vpnd.vici_client import Backoff, ViciClient, ViciError, ViciException
+from vpnd.vici_client import (
+    Backoff, ViciClient, ViciError, ViciException, ViciTimeout, ViciUnavailable,
+)
 
 log = structlog.get_logger("vpnd.charon")
 
@@ -484,6 +486,16 @@ class CharonAdapter:
         VICI message at all, so its SAs are not disturbed. `desired` becomes what a reconnect
         reloads."""
         remove, load = list(remove), list(load)
+        self._desired = desired             # a reconnect loads this whole, stale conns removed
+        self._set_tunnels(desired.tunnels)  # events of removed tunnels are ignored from now
+        try:
+            return await self._update(desired, load, remove)
+        except (ViciUnavailable, ViciTimeout) as e:
+            log.warning("charon.update_deferred", error=str(e),
+                        note="applied in full when the VICI session is back")
+            return ApplyReport((), (), 0, ())
+
+    async def _update(self, desired: Desired, load: list[str], remove: list[str]) -> ApplyReport:
         present_conns = set(await self.client.get_conns()) if remove else set()
         present_keys = set(await self.client.get_shared()) if remove else set()
         unloaded, keys_unloaded = [], []
@@ -494,8 +506,6 @@ class CharonAdapter:
             if name in present_keys and name not in load:
                 await self.client.unload_shared(name)
                 keys_unloaded.append(name)
-        self._desired = desired
-        self._set_tunnels(desired.tunnels)
         failed: list[tuple[str, str]] = []
         secrets = 0
         for secret in desired.secrets:
