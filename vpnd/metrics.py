@@ -116,6 +116,7 @@ class Metrics:
             for result in ("success", "failure"):
                 self.reloads.labels(result)
             self.reload_success.set(1)
+            self.reload_time.set(time.time())     # the start-up load counts (as Prometheus' own)
 
     def _per_tunnel(self) -> list:
         return [m for m in vars(self).values()

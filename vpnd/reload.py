@@ -219,7 +219,8 @@ async def apply(daemon: "Daemon", new: Config, p: ReloadPlan) -> None:
                               connection_gone=t.key.connection in gone)
 
     # 2. the core: state kept for the rest; changed (and rebuilt) tunnels start over
-    daemon.sup.engine.reload(new)
+    rebuilt = frozenset(c.name for c in p.connections if c.rebuild)
+    daemon.sup.engine.reload(new, fresh=rebuilt)
     daemon.config = daemon.sup.config = new
     daemon.metrics.declare(new, only={t.key for t in added})
     restart = [t.key for t in reloaded] + [t.key for t in added if t.key in known]
@@ -236,7 +237,8 @@ async def apply(daemon: "Daemon", new: Config, p: ReloadPlan) -> None:
         if c.action == "added" or c.rebuild or (c.action == "changed" and (c.links or c.routes)):
             conn = next(x for x in new.connections if x.name == c.name)
             fresh = c.action == "added" or c.rebuild
-            await daemon.reconfigure_plumbing(conn, links=c.links or fresh, routes=c.routes or fresh)
+            await daemon.reconfigure_plumbing(conn, links=c.links or fresh,
+                                              routes=c.routes or fresh)
     for t in added:
         daemon.start_probe(t.key)
     for key in restart_probes:

@@ -43,9 +43,10 @@ class Engine:
         })
         self._dispatch = dispatch
 
-    def reload(self, config: Config) -> None:
+    def reload(self, config: Config, fresh: frozenset[str] = frozenset()) -> None:
         """Adopt a new config: state is kept for tunnels and connections that still exist
-        (a connection whose tunnel list changed starts afresh); the rest is forgotten.
+        (a connection whose tunnel list changed, or named in `fresh`, starts afresh); the
+        rest is forgotten.
         New tunnels wait for charon's truth: feed a SaSnapshot after loading the new
         config into charon, and they are initiated then."""
         self.config = config
@@ -59,7 +60,7 @@ class Engine:
             old = self.connections.get(name)
             names = tuple(t.name for t in cfg.tunnels)
             connections[name] = old if old is not None and old.tunnels == names \
-                else failover.initial(cfg)
+                and name not in fresh else failover.initial(cfg)
         self._cfg, self.tunnels, self.connections = cfgs, tunnels, connections
         self._deadlines = {}
         for key, t in tunnels.items():
