@@ -375,8 +375,11 @@ class CharonAdapter:
         (a missed event is corrected within one interval), and VICI liveness: an answer that
         does not come within the request timeout closes the session, which reconnects."""
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # races with the event being set, and stop() would then wait forever
             try:
-                await asyncio.wait_for(self._poke.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._poke.wait()
                 await asyncio.sleep(0.2)        # an SA changed: let its siblings settle
             except TimeoutError:
                 pass
