@@ -203,3 +203,22 @@ def test_invalid_reload_keeps_everything_and_flips_the_metric(make_lab):
     time.sleep(0.5)
     assert sas(lab) == before and sorted(vpnd_routes(lab.lab)) == routes
     assert sample(m, "vpnd_tunnel_up", tunnel="tunnel1") == 1
+
+
+def test_remote_networks_change_writes_only_their_routes(make_lab):
+    lab = make_lab()
+    up(lab)
+    before, routes = sas(lab), set(vpnd_routes(lab.lab))
+    more = '["192.168.0.0/16", "10.77.0.0/16"]'
+    event, _ = reload(lab, lambda t: t.replace('remote_networks = ["192.168.0.0/16"]',
+                                               f"remote_networks = {more}"))
+    assert event["changes"]["vpc1"]["routes"] == "reconfigured", event
+    assert lab.events("routes.reconfigured")[-1]["writes"] == 2, "only the new prefix's two"
+    now = set(vpnd_routes(lab.lab))
+    assert routes < now and len(now) == 4
+    assert sas(lab) == before
+    event, _ = reload(lab, lambda t: t.replace(f"remote_networks = {more}",
+                                               'remote_networks = ["192.168.0.0/16"]'))
+    assert set(vpnd_routes(lab.lab)) == routes
+    assert lab.events("routes.reconfigured")[-1]["writes"] == 2
+    assert sas(lab) == before
