@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from vpnd import logs
-from vpnd.config.model import Config, ConnectionConfig, Secret, TunnelConfig
+from vpnd.config.model import Config, ConnectionConfig, TunnelConfig
 from vpnd.core.events import TunnelKey
 
 if TYPE_CHECKING:
@@ -40,8 +40,8 @@ Action = Literal["added", "removed", "changed", "unchanged"]
 # --- comparing configs -----------------------------------------------------------------------
 
 def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted key paths whose values differ. Secrets compare by value but only their key path
-    is ever reported; tuples of dataclasses (tunnels) are the caller's business."""
+    """Dotted key paths whose values differ. Only paths are returned, never values, so a
+    rotated PSK shows as `psk` (Secret compares by value). Tunnels are the caller's business."""
     if dataclasses.is_dataclass(old) and type(old) is type(new):
         out: list[str] = []
         for f in dataclasses.fields(old):
@@ -50,8 +50,6 @@ def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += changed_fields(getattr(old, f.name), getattr(new, f.name),
                                   f"{prefix}{f.name}.")
         return out
-    if isinstance(old, Secret) or isinstance(new, Secret):
-        return [] if old == new else [prefix.rstrip(".")]
     return [] if old == new else [prefix.rstrip(".")]
 
 
@@ -59,8 +57,8 @@ def _probe_spec(conn: ConnectionConfig, t: TunnelConfig) -> tuple | None:
     hc = conn.health_check
     if hc is None:
         return None
-    return (str(hc.destination), str(hc.source),
-            t.interface if conn.routing != "policy" else None, hc.interval, hc.timeout or hc.interval)
+    return (str(hc.destination), str(hc.source), t.interface if conn.routing != "policy" else None,
+            hc.interval, hc.timeout or hc.interval)
 
 
 def _link_spec(conn: ConnectionConfig, t: TunnelConfig) -> tuple | None:
