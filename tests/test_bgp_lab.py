@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from lab_fixtures import make_lab  # noqa: F401 - fixture
 from vpnd.lab import faults, frr
 from vpnd.lab.cli import both_established, wait_until
 from vpnd.lab.pinger import Pinger

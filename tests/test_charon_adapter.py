@@ -385,3 +385,29 @@ async def test_desired_from_rendered_config_loads_into_charon(adapter, charon):
     assert all(s["id"].startswith("vpnd-") for s in d.secrets)
     report = await adapter.apply(d)
     assert report.failed == () and set(charon.conn_configs) == set(d.conns)
+
+
+async def test_update_touches_only_what_changed(adapter, charon):
+    await adapter.apply(desired("vpnd-c1-t1", "vpnd-c1-t2"))
+    charon.requests.clear()
+    await adapter.update(desired("vpnd-c1-t1"), load=[], remove=["vpnd-c1-t2"])
+    names = [n for n, _ in charon.requests]
+    # the removed conn's SAs are terminated BEFORE its unload (charon keeps orphans otherwise)
+    assert names.index("terminate") < names.index("unload-conn")
+    assert "load-conn" not in names and "load-shared" not in names
+    assert sorted(charon.conn_configs) == ["vpnd-c1-t1"] and sorted(charon.shared) == ["vpnd-c1-t1"]
+    charon.requests.clear()
+    await adapter.update(desired("vpnd-c1-t1"), load=[], remove=[])
+    assert charon.requests == [], "an unchanged config sends nothing at all"
+
+
+async def test_update_while_charon_is_away_is_applied_on_reconnect(adapter, charon):
+    await adapter.apply(desired("vpnd-c1-t1"))
+    await charon.stop()
+    await until(lambda: not adapter.client.connected)
+    report = await adapter.update(desired("vpnd-c1-t1", "vpnd-c1-t2"), load=["vpnd-c1-t2"],
+                                  remove=[])
+    assert report.loaded == ()
+    await charon.start()
+    await until(lambda: "vpnd-c1-t2" in charon.conn_configs)
+    assert sorted(charon.shared) == ["vpnd-c1-t1", "vpnd-c1-t2"]

@@ -14,7 +14,9 @@ Facts this relies on (lab-notes, checked against charon 5.9.8):
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,7 +40,9 @@ from vpnd.core.events import (
     TunnelKey,
     TunnelSa,
 )
-from vpnd.vici_client import Backoff, ViciClient, ViciError, ViciException
+from vpnd.vici_client import (
+    Backoff, ViciClient, ViciError, ViciException, ViciTimeout, ViciUnavailable,
+)
 
 log = structlog.get_logger("vpnd.charon")
 
@@ -215,6 +219,67 @@ def snapshot_from_sas(sas: Iterable[Mapping], tunnels: Mapping[str, TunnelKey]) 
     return SaSnapshot(tuple(out))
 
 
+@dataclass(frozen=True)
+class SaStats:
+    """What the metrics read from `list-sas` for one tunnel (all 0 without an SA)."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    ike_established: float = 0.0        # wall-clock time (s) the IKE SA came up; 0: none
+    child_installed: float = 0.0        # wall-clock time the CHILD SA was installed; 0: none
+    ike_id: int | None = None
+    child_id: int | None = None
+
+
+def sa_stats(sas: Iterable[Mapping], tunnels: Mapping[str, TunnelKey], now: float,
+             previous: Mapping[TunnelKey, SaStats] | None = None) -> dict[TunnelKey, SaStats]:
+    """`list-sas` -> per configured tunnel: traffic of its CHILD SAs and since-when.
+
+    Counters are summed over the tunnel's installed CHILD SAs (during a rekey both exist).
+    charon reports `established`/`install-time` as whole seconds ago; the timestamp computed
+    from them is kept while the SA's unique id stays the same, so it does not jitter by a
+    second between polls.
+    """
+    previous = previous or {}
+    by_name: dict[str, list[dict]] = {}
+    for entry in sas:
+        for name, sa in _sas(entry):
+            by_name.setdefault(name, []).append(sa)
+    out: dict[TunnelKey, SaStats] = {}
+    for name, key in tunnels.items():
+        ikes = by_name.get(name, [])
+        ike = _best(ikes, "ESTABLISHED")
+        if ike is None:
+            out[key] = SaStats()
+            continue
+        children = [c for i in ikes for c in i.get("child-sas", {}).values()
+                    if c.get("state") in ("INSTALLED", "REKEYING", "REKEYED", "UPDATING")]
+        child = _best(ike.get("child-sas", {}).values(), "INSTALLED")
+        prev = previous.get(key, SaStats())
+        ike_id, child_id = _uid(ike), (_uid(child) if child else None)
+        if ike.get("state") != "ESTABLISHED" and ike.get("state") != "REKEYING":
+            ike_ts = 0.0
+        elif prev.ike_id == ike_id and prev.ike_established:
+            ike_ts = prev.ike_established
+        else:
+            ike_ts = now - int(ike.get("established", 0))
+        if child is None or child.get("state") != "INSTALLED":
+            child_ts = 0.0
+        elif prev.child_id == child_id and prev.child_installed:
+            child_ts = prev.child_installed
+        else:
+            child_ts = now - int(child.get("install-time", 0))
+
+        def total(field: str) -> int:
+            return sum(int(c.get(field, 0)) for c in children)
+
+        out[key] = SaStats(total("bytes-in"), total("bytes-out"), total("packets-in"),
+                           total("packets-out"), ike_ts, child_ts, ike_id, child_id)
+    return out
+
+
 # --- loading the configuration ---------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -272,8 +337,17 @@ class CharonAdapter:
         *,
         request_timeout: float = 10.0,
         backoff: Backoff = Backoff(),
+        poll_interval: float = 5.0,
+        on_stats: Callable[[dict[TunnelKey, SaStats]], None] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._emit = emit
+        self.poll_interval = poll_interval
+        self._on_stats = on_stats
+        self._wall = wall
+        self.stats: dict[TunnelKey, SaStats] = {}
+        self._poller: asyncio.Task | None = None
+        self._poke = asyncio.Event()
         self._desired: Desired | None = None
         self.tunnels: dict[str, TunnelKey] = {}
         self._names: dict[TunnelKey, str] = {}
@@ -286,9 +360,36 @@ class CharonAdapter:
 
     async def start(self) -> None:
         self.client.start()
+        if self.poll_interval > 0 and self._poller is None:
+            self._poller = asyncio.create_task(self._poll(), name="charon-poll")
 
     async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
         await self.client.stop()
+
+    async def _poll(self) -> None:
+        """`list-sas` every poll_interval: SA counters for the metrics, a resync for the core
+        (a missed event is corrected within one interval), and VICI liveness: an answer that
+        does not come within the request timeout closes the session, which reconnects."""
+        while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # races with the event being set, and stop() would then wait forever
+            try:
+                async with asyncio.timeout(self.poll_interval):
+                    await self._poke.wait()
+                await asyncio.sleep(0.2)        # an SA changed: let its siblings settle
+            except TimeoutError:
+                pass
+            self._poke.clear()
+            if not self.client.connected:
+                continue
+            try:
+                await self.resync()
+            except ViciException as e:
+                log.warning("charon.poll_failed", error=str(e))
 
     # events in --------------------------------------------------------------------------
 
@@ -297,6 +398,8 @@ class CharonAdapter:
             events = self._classify(msg)
         else:
             events = translate(kind, msg, self.tunnels)
+            if events:
+                self._poke.set()    # SA timestamps in the metrics follow within ~0.2 s
         for event in events:
             if type(event) is ChildDown and event.child_id in self._replacing:
                 continue        # replace_child reports it as a ChildRekeyed once the new one is up
@@ -316,8 +419,14 @@ class CharonAdapter:
         self._emit(CharonDisconnected(reason))
 
     async def resync(self) -> SaSnapshot:
-        snap = snapshot_from_sas(await self.client.list_sas(), self.tunnels)
+        sas = await self.client.list_sas()
+        snap = snapshot_from_sas(sas, self.tunnels)
+        self.stats = sa_stats(sas, self.tunnels, self._wall(), self.stats)
+        log.debug("charon.sas_listed", sas={f"{k.connection}/{k.tunnel}": (st.ike_id, st.child_id)
+                                            for k, st in self.stats.items()})
         self._emit(snap)
+        if self._on_stats is not None:
+            self._on_stats(self.stats)
         return snap
 
     # config -----------------------------------------------------------------------------
@@ -355,13 +464,73 @@ class CharonAdapter:
                 failed.append((name, e.errmsg))
         gone = stale(await self.client.get_conns(), desired.conns)
         for name in gone:
-            await self.client.unload_conn(name)
+            await self._remove_conn(name)
         gone_keys = stale(await self.client.get_shared(), (s["id"] for s in desired.secrets))
         for ident in gone_keys:
             await self.client.unload_shared(ident)
         report = ApplyReport(tuple(loaded), tuple(gone), secrets_loaded, tuple(gone_keys), tuple(failed))
         log.info("charon.config_applied", loaded=list(report.loaded), unloaded=list(report.unloaded),
                  secrets=report.secrets_loaded, secrets_unloaded=list(report.secrets_unloaded))
+        for what, errmsg in failed:
+            log.error("charon.load_failed", name=what, error=errmsg)
+        return report
+
+    async def _remove_conn(self, name: str) -> None:
+        """charon 5.9.8 keeps a conn's SAs up after `unload-conn` (orphans nobody supervises):
+        terminate them first, then unload."""
+        try:
+            await self.client.terminate(ike=name, force=True, timeout=2.0)
+        except ViciError:
+            pass                            # no SA: nothing to terminate
+        await self.client.unload_conn(name)
+
+    async def update(self, desired: Desired, *, load: Iterable[str], remove: Iterable[str]
+                     ) -> ApplyReport:
+        """A reload by difference: remove the `remove` conns (SAs terminated, conn and secret
+        unloaded), then load only the `load` conns and their secrets. Everything else gets no
+        VICI message at all, so its SAs are not disturbed. `desired` becomes what a reconnect
+        reloads."""
+        remove, load = list(remove), list(load)
+        self._desired = desired             # a reconnect loads this whole, stale conns removed
+        self._set_tunnels(desired.tunnels)  # events of removed tunnels are ignored from now
+        try:
+            return await self._update(desired, load, remove)
+        except (ViciUnavailable, ViciTimeout) as e:
+            log.warning("charon.update_deferred", error=str(e),
+                        note="applied in full when the VICI session is back")
+            return ApplyReport((), (), 0, ())
+
+    async def _update(self, desired: Desired, load: list[str], remove: list[str]) -> ApplyReport:
+        present_conns = set(await self.client.get_conns()) if remove else set()
+        present_keys = set(await self.client.get_shared()) if remove else set()
+        unloaded, keys_unloaded = [], []
+        for name in remove:
+            if name in present_conns:
+                await self._remove_conn(name)
+                unloaded.append(name)
+            if name in present_keys and name not in load:
+                await self.client.unload_shared(name)
+                keys_unloaded.append(name)
+        failed: list[tuple[str, str]] = []
+        secrets = 0
+        for secret in desired.secrets:
+            if secret["id"] in load:
+                try:
+                    await self.client.load_shared(secret)
+                    secrets += 1
+                except ViciError as e:
+                    failed.append((secret["id"], e.errmsg))
+        loaded = []
+        for name in load:
+            try:
+                await self.client.load_conn({name: desired.conns[name]})
+                loaded.append(name)
+            except ViciError as e:
+                failed.append((name, e.errmsg))
+        report = ApplyReport(tuple(loaded), tuple(unloaded), secrets, tuple(keys_unloaded),
+                             tuple(failed))
+        log.info("charon.config_updated", loaded=loaded, unloaded=unloaded, secrets=secrets,
+                 secrets_unloaded=keys_unloaded)
         for what, errmsg in failed:
             log.error("charon.load_failed", name=what, error=errmsg)
         return report

@@ -32,16 +32,20 @@ class Daemon:
         self.sup = Supervisor(config)
         self.metrics = Metrics()
         self.metrics.declare(config)
-        self.charon = CharonAdapter(config.daemon.vici_socket, self._from_charon)
+        self.charon = CharonAdapter(config.daemon.vici_socket, self._from_charon,
+                                    on_stats=self.metrics.sa_stats)
         self.policy = PolicySelector(config, self.charon)     # routing = "policy" connections
         self.xfrm_stat: Any = None
         self.routes: dict[str, Any] = {}       # connection -> route controller
         self.links: dict[str, Any] = {}        # connection -> link keeper
-        self.probes: list[Any] = []
+        self.probes: dict[E.TunnelKey, Any] = {}   # tunnel -> its prober
         self.bgp: Any = None                   # BgpAdapter when a connection uses routing = "bgp"
         self._synced = asyncio.Event()
         self._wire()
         self.board = self._status_board()
+        self.sup.reloader = self._reload
+        self.sup.on_reload_result = self.metrics.reload_result
+        self.sup.status = self._summary
 
     # --- events in -----------------------------------------------------------------------
 
@@ -66,7 +70,9 @@ class Daemon:
         self.sup.post(event)
 
     def _from_probe(self, result: E.ProbeResult) -> None:
-        self.metrics.probe(result.tunnel.connection, result.tunnel.tunnel, result.ok, result.rtt)
+        prober = self.probes.get(result.tunnel)
+        self.metrics.probe(result.tunnel.connection, result.tunnel.tunnel, result.ok, result.rtt,
+                           prober.loss_ratio if prober is not None else None)
         self.sup.post(result)
 
     # --- actions out ---------------------------------------------------------------------
@@ -157,6 +163,7 @@ class Daemon:
         reconciler = asyncio.create_task(self.sup.reconcile(), name="reconciler")
         watchdog = asyncio.create_task(self.sup.watchdog(), name="watchdog")
         control = await self._start_control()
+        lag = asyncio.create_task(self._loop_lag(), name="loop-lag")
         await self._start_probes()
         self._start_xfrm_stat()
         try:
@@ -171,7 +178,7 @@ class Daemon:
         log.info("vpnd.stopping", withdraw=self.config.daemon.withdraw_on_stop)
         if control is not None:
             await control.stop()
-        for p in self.probes:
+        for p in self.probes.values():
             await p.stop()
         if self.xfrm_stat is not None:
             await self.xfrm_stat.stop()
@@ -186,9 +193,9 @@ class Daemon:
         for k in self.links.values():
             await k.stop()
         await self.charon.stop()
-        for task in (reconciler, watchdog):
+        for task in (reconciler, watchdog, lag):
             task.cancel()
-        await asyncio.gather(reconciler, watchdog, return_exceptions=True)
+        await asyncio.gather(reconciler, watchdog, lag, return_exceptions=True)
         return 0
 
     # --- the control socket (vpnd status / failover / drain / undrain) ---------------------
@@ -215,6 +222,14 @@ class Daemon:
             return None
         log.info("control.listening", socket=path)
         return server
+
+    async def _loop_lag(self, interval: float = 0.5) -> None:
+        """How late the loop wakes a timer: a busy or blocked loop delays probes and switches."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(interval)
+            self.metrics.loop_lag.set(max(0.0, loop.time() - t0 - interval))
 
     def _summary(self) -> str:
         n = sum(len(c.tunnels) for c in self.config.connections)
@@ -261,24 +276,97 @@ class Daemon:
             return
         self.bgp.start()
 
+    async def reconfigure_bgp(self) -> None:
+        """After a reload: FRR gets the new rendering by difference; a first bgp connection
+        starts the adapter. FRR's errors are logged and counted, never fatal."""
+        if self.bgp is None:
+            self._start_bgp()
+            return
+        from vpnd.frr import FrrError
+        from vpnd.render.swanctl import RenderError
+
+        try:
+            changes = await self.bgp.reconfigure(self.config)
+            log.info("bgp.reconfigured", commands=len(changes))
+        except (FrrError, RenderError) as err:
+            log.error("bgp.reconfigure_failed", error=str(err))
+
     async def _start_probes(self) -> None:
         """One prober per tunnel of every connection with a health check."""
+        for conn in self.config.connections:
+            for t in conn.tunnels:
+                self.start_probe(E.TunnelKey(conn.name, t.name))
+
+    def start_probe(self, key: E.TunnelKey) -> None:
         from vpnd.probe import Prober
 
-        for conn in self.config.connections:
-            hc = conn.health_check
-            if hc is None:
-                continue
-            for t in conn.tunnels:
-                # policy mode: each tunnel's own probe path (both carry the same flows)
-                p = Prober(E.TunnelKey(conn.name, t.name),
-                           destination=str(t.probe_destination or hc.destination),
-                           source=str(t.probe_source or hc.source),
-                           interface=t.interface if conn.routing != "policy" else None,
-                           interval=hc.interval, timeout=hc.timeout or hc.interval,
-                           on_result=self._from_probe)
-                p.start()
-                self.probes.append(p)
+        conn = next((c for c in self.config.connections if c.name == key.connection), None)
+        t = next((t for t in conn.tunnels if t.name == key.tunnel), None) if conn else None
+        if conn is None or t is None or conn.health_check is None or key in self.probes:
+            return
+        hc = conn.health_check
+        # policy mode: each tunnel's own probe path (both carry the same flows)
+        p = Prober(key, destination=str(t.probe_destination or hc.destination),
+                   source=str(t.probe_source or hc.source),
+                   interface=t.interface if conn.routing != "policy" else None,
+                   interval=hc.interval, timeout=hc.timeout or hc.interval,
+                   on_result=self._from_probe)
+        p.start()
+        self.probes[key] = p
+
+    async def stop_probe(self, key: E.TunnelKey) -> None:
+        p = self.probes.pop(key, None)
+        if p is not None:
+            await p.stop()
+
+    # --- reload by difference (vpnd.reload) ------------------------------------------------
+
+    async def _reload(self, new: Config) -> dict[str, Any]:
+        from vpnd import reload
+
+        p = reload.plan(self.config, new)
+        await reload.apply(self, new, p)
+        fields: dict[str, Any] = {"changes": p.summary()}
+        if p.daemon_fields:
+            fields["restart_needed"] = [f"daemon.{f}" for f in p.daemon_fields]
+            log.warning("config.restart_needed", keys=fields["restart_needed"],
+                        note="[daemon] settings take effect at the next start")
+        return fields
+
+    async def remove_plumbing(self, name: str) -> None:
+        """A connection removed (or rebuilt): its routes withdrawn, its interfaces deleted."""
+        rc = self.routes.pop(name, None)
+        if rc is not None:
+            await rc.remove()
+        keeper = self.links.pop(name, None)
+        if keeper is not None:
+            await keeper.remove()
+        self._active.pop(name, None)
+
+    async def reconfigure_plumbing(self, conn: Any, *, links: bool, routes: bool) -> None:
+        from vpnd.links import LinkKeeper
+        from vpnd.routes import RouteController
+
+        if links and conn.routing != "policy":
+            old = self.links.pop(conn.name, None)
+            if old is not None:
+                same = {(t.interface, t.interface_kind, t.if_id, t.underlay) for t in conn.tunnels}
+                keep = {t.interface for t in old.conn.tunnels
+                        if (t.interface, t.interface_kind, t.if_id, t.underlay) in same}
+                await old.remove(keep=keep)
+            keeper = LinkKeeper(conn, netns=self.netns, on_event=self.sup.post)
+            await keeper.start()
+            self.links[conn.name] = keeper
+        if routes and conn.routing == "route":
+            rc = self.routes.get(conn.name)
+            if rc is None:
+                rc = RouteController(conn, protocol=self.config.daemon.route_protocol,
+                                     netns=self.netns, on_event=self.sup.post)
+                await rc.start()
+                self.routes[conn.name] = rc
+            else:
+                writes = await rc.reconfigure(conn)
+                log.info("routes.reconfigured", connection=conn.name, writes=writes)
 
     def _start_xfrm_stat(self) -> None:
         """Policy mode: the cloud's own switch shows as XfrmInTmplMismatch (vpnd/xfrm_stat.py)."""

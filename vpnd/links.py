@@ -10,7 +10,6 @@ missing feature instead of a netlink errno.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 from pathlib import Path
 from typing import Any, Callable
@@ -65,6 +64,30 @@ class LinkKeeper:
             self._watch = None
         if self._ipr is not None:
             self._ipr.close()
+
+    async def remove(self, keep: set[str] = frozenset()) -> list[str]:
+        """Stop watching; delete the XFRM interfaces vpnd made (not `keep`, not someone
+        else's). Used when a reload removes a connection or changes its interfaces."""
+        if self._watch is not None:
+            await self._watch.close()
+            self._watch = None
+        gone = []
+        for t in self.conn.tunnels:
+            if t.interface_kind != "xfrm" or t.interface in keep:
+                continue
+            idx = await self._index(t.interface)
+            if idx is not None:
+                try:
+                    await self._ipr.link("del", index=idx)
+                    gone.append(t.interface)
+                except Exception as exc:
+                    log.warning("links.remove_failed", interface=t.interface, error=str(exc))
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        if gone:
+            log.info("links.removed", connection=self.conn.name, interfaces=gone)
+        return gone
 
     def tunnel(self, name: str) -> TunnelConfig | None:
         return next((t for t in self.conn.tunnels if t.name == name), None)

@@ -8,10 +8,14 @@ units, `_total`, `_seconds`). A private registry keeps tests independent.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.exposition import generate_latest
 
 from vpnd.config.model import Config
+from vpnd.core.events import TunnelKey
 
 TUNNEL_STATES = ("down", "connecting", "phase1_failed", "ike_up", "phase2_failed", "established")
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -91,10 +95,17 @@ class Metrics:
                                         "XfrmInTmplMismatch from /proc/net/xfrm_stat (policy mode)",
                                         registry=r)
 
-    def declare(self, config: Config) -> None:
-        """Create every tunnel's series up front, so a never-negotiated tunnel still reads 0."""
+    def declare(self, config: Config, only: set[TunnelKey] | None = None) -> None:
+        """Create every tunnel's series up front, so a never-negotiated tunnel still reads 0.
+        `only`: just these tunnels (added by a reload; the others keep their values)."""
+        if only is not None:
+            for c in config.connections:
+                if any(TunnelKey(c.name, t.name) in only for t in c.tunnels):
+                    self.route_repairs.labels(c.name)
         for c in config.connections:
             for t in c.tunnels:
+                if only is not None and TunnelKey(c.name, t.name) not in only:
+                    continue
                 labels = (c.name, t.name)
                 self.set_state(c.name, t.name, "down")
                 self.tunnel_active.labels(*labels).set(0)
@@ -112,10 +123,42 @@ class Metrics:
                     self.bgp_pfx_sent.labels(*labels).set(0)
                     self.bgp_neighbor_enabled.labels(*labels).set(1)
                     self.bfd_up.labels(*labels).set(0)
-            self.route_repairs.labels(c.name)
-        for result in ("success", "failure"):
-            self.reloads.labels(result)
-        self.reload_success.set(1)
+            if only is None:
+                self.route_repairs.labels(c.name)
+        if only is None:
+            for result in ("success", "failure"):
+                self.reloads.labels(result)
+            self.reload_success.set(1)
+            self.reload_time.set(time.time())     # the start-up load counts (as Prometheus' own)
+
+    def _per_tunnel(self) -> list:
+        return [m for m in vars(self).values()
+                if hasattr(m, "_labelnames") and "tunnel" in m._labelnames]
+
+    def forget(self, connection: str, tunnel: str, *, connection_gone: bool = False) -> None:
+        """A tunnel removed by a reload: its series go (a removed tunnel is not a down one)."""
+        for m in self._per_tunnel():
+            _remove_matching(m, {"connection": connection, "tunnel": tunnel})
+        if connection_gone:
+            _remove_matching(self.route_repairs, {"connection": connection})
+            _remove_matching(self.failovers, {"connection": connection})
+
+    def reload_result(self, ok: bool, now: float | None = None) -> None:
+        self.reloads.labels("success" if ok else "failure").inc()
+        self.reload_success.set(1 if ok else 0)
+        if ok:
+            self.reload_time.set(time.time() if now is None else now)
+
+    def sa_stats(self, stats: Mapping[TunnelKey, object]) -> None:
+        """From the charon adapter's periodic `list-sas` (vpnd.charon.SaStats per tunnel)."""
+        for key, st in stats.items():
+            labels = (key.connection, key.tunnel)
+            self.sa_bytes.labels(*labels, "in").set(st.bytes_in)
+            self.sa_bytes.labels(*labels, "out").set(st.bytes_out)
+            self.sa_packets.labels(*labels, "in").set(st.packets_in)
+            self.sa_packets.labels(*labels, "out").set(st.packets_out)
+            self.ike_since.labels(*labels).set(st.ike_established)
+            self.child_since.labels(*labels).set(st.child_installed)
 
     def set_state(self, connection: str, tunnel: str, state: str) -> None:
         for s in TUNNEL_STATES:
@@ -126,12 +169,15 @@ class Metrics:
         for t in tunnels:
             self.tunnel_active.labels(connection, t).set(1 if t == active else 0)
 
-    def probe(self, connection: str, tunnel: str, ok: bool, rtt: float | None) -> None:
+    def probe(self, connection: str, tunnel: str, ok: bool, rtt: float | None,
+              loss_ratio: float | None = None) -> None:
         self.probes_sent.labels(connection, tunnel).inc()
         if ok and rtt is not None:
             self.probe_rtt.labels(connection, tunnel).observe(rtt)
         elif not ok:
             self.probes_lost.labels(connection, tunnel).inc()
+        if loss_ratio is not None:
+            self.probe_loss.labels(connection, tunnel).set(loss_ratio)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -145,3 +191,14 @@ class Metrics:
             return
         host, _, port = listen.rpartition(":")
         start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+
+
+def _remove_matching(metric, labels: dict[str, str]) -> None:
+    """prometheus-client >= 0.22 has remove_by_labels; older ones only remove exact sets."""
+    if hasattr(metric, "remove_by_labels"):
+        metric.remove_by_labels(labels)
+        return
+    names = metric._labelnames
+    for values in list(metric._metrics):
+        if all(values[names.index(k)] == v for k, v in labels.items()):
+            metric.remove(*values)

@@ -98,6 +98,29 @@ class RouteController:
         if self._ipr is not None:
             self._ipr.close()
 
+    async def reconfigure(self, conn: ConnectionConfig) -> int:
+        """A reload changed the remote networks, metrics or interfaces: routes of prefixes no
+        longer configured go, the rest converge. Unchanged routes see no write at all."""
+        async with self._lock:
+            new = {str(n) for n in conn.remote_networks}
+            self._prefixes = self._prefixes | new
+            await self._refresh_links()
+            have = await self.kernel_routes()
+            self.conn, self._prefixes = conn, new
+            if self.active not in {t.name for t in conn.tunnels}:
+                self.active = None
+            n = 0
+            for r in sorted(have):
+                if r.prefix not in new:
+                    n += await self._write("del", r)
+            return n + await self._converge()
+
+    async def remove(self) -> int:
+        """The connection was removed by a reload: its routes go with it."""
+        writes = await self.set_active(None, withdraw=True)
+        await self.stop()
+        return writes
+
     # --- the kernel's view -----------------------------------------------------------------
 
     async def _refresh_links(self) -> None:

@@ -40,6 +40,11 @@ class Supervisor:
         self.ready = asyncio.Event()
         # read-only watchers of every event before the core sees it (status board, ...)
         self.observers: list[Callable[[Any], None]] = []
+        # Set by the daemon: applies a validated config by difference (vpnd.reload) and
+        # returns what changed; `on_reload_result(ok)` feeds the reload metrics.
+        self.reloader: Callable[[Config], Awaitable[dict[str, Any]]] | None = None
+        self.on_reload_result: Callable[[bool], None] = lambda ok: None
+        self.status: Callable[[], str] = lambda: "running"
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -99,6 +104,10 @@ class Supervisor:
         except Exception:  # a core bug must not kill the gateway's supervision
             log.exception("core.error", event=type(event).__name__)
             return
+        await self.execute(actions)
+
+    async def execute(self, actions: list[Any]) -> None:
+        """Carry out the core's actions in order; one failing never stops the next."""
         for action in actions:
             run = self.executors.get(type(action))
             if run is None:
@@ -115,6 +124,9 @@ class Supervisor:
                 log.error("action.failed", action=type(action).__name__, error=str(exc))
 
     async def _reload(self) -> None:
+        """Re-read and validate; an invalid file changes nothing (every problem is logged with
+        its key and rule), a valid one is applied by difference (vpnd.reload)."""
+        t0 = time.perf_counter()
         log.info("config.reload_requested", source=self.config.source)
         self.notifier.reloading()
         try:
@@ -123,12 +135,31 @@ class Supervisor:
             new = load_file(self.config.source)
         except ConfigError as err:
             for p in err.errors:
-                log.error("config.reload_rejected", path=p.path, problem=p.message)
-            self.notifier.ready("reload rejected; running config kept")
+                # `path`, not `key`: the log redactor masks any field named key
+                log.error("config.reload_rejected", source=self.config.source, path=p.path,
+                          rule=p.message)
+            log.error("config.reload_failed", source=self.config.source, errors=len(err.errors),
+                      note="running configuration kept")
+            self.on_reload_result(False)
+            self.notifier.ready(f"reload rejected ({len(err.errors)} error(s)); running "
+                                f"configuration kept; {self.status()}")
             return
-        log.info("config.reload_valid", connections=len(new.connections))
-        # Applying by difference is the operations issue's work; keep the running config.
-        self.notifier.ready("running")
+        try:
+            if self.reloader is not None:
+                fields = await self.reloader(new)
+            else:
+                self.engine.reload(new)
+                self.config = new
+                fields = {}
+        except Exception as exc:    # an adapter failed half-way: say so, keep supervising
+            log.exception("config.reload_failed", source=self.config.source, error=str(exc))
+            self.on_reload_result(False)
+            self.notifier.ready(f"reload failed: {exc}; {self.status()}")
+            return
+        log.info("config.reloaded", source=new.source, **fields,
+                 duration_ms=round((time.perf_counter() - t0) * 1000, 3))
+        self.on_reload_result(True)
+        self.notifier.ready(self.status())
 
     # --- the loop's own health ------------------------------------------------------------
 

@@ -461,6 +461,7 @@ class ViciClient:
         conn = self._cmd
         if conn is None or conn.is_closed:
             raise ViciUnavailable(f"{command}: not connected to charon at {self.socket_path}")
+        log.debug("vici.request", command=command)      # the name only: bodies carry keys
         return await conn.request(command, message, timeout=timeout or self.request_timeout,
                                   stream=stream)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from vpnd.config.model import Config
 from vpnd.core import failover, tunnel
-from vpnd.core.actions import Action, RepairInterface, RepairRoutes
+from vpnd.core.actions import Action, RepairInterface, RepairRoutes, ReportTransition
 from vpnd.core.events import (
     BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
     ChildRekeyed, ChildUp, Drain, ForceFailover, IkeDown, IkeRekeyed, IkeUp, InterfaceLost,
@@ -45,9 +45,10 @@ class Engine:
         })
         self._dispatch = dispatch
 
-    def reload(self, config: Config) -> None:
+    def reload(self, config: Config, fresh: frozenset[str] = frozenset()) -> None:
         """Adopt a new config: state is kept for tunnels and connections that still exist
-        (a connection whose tunnel list changed starts afresh); the rest is forgotten.
+        (a connection whose tunnel list changed, or named in `fresh`, starts afresh); the
+        rest is forgotten.
         New tunnels wait for charon's truth: feed a SaSnapshot after loading the new
         config into charon, and they are initiated then."""
         self.config = config
@@ -61,7 +62,7 @@ class Engine:
             old = self.connections.get(name)
             names = tuple(t.name for t in cfg.tunnels)
             connections[name] = old if old is not None and old.tunnels == names \
-                else failover.initial(cfg)
+                and name not in fresh else failover.initial(cfg)
         self._cfg, self.tunnels, self.connections = cfgs, tunnels, connections
         self._deadlines = {}
         for key, t in tunnels.items():
@@ -69,6 +70,28 @@ class Engine:
         for name, c in connections.items():
             self._note(name, c.deadline)
         self._recompute()
+
+    def restart(self, keys: list[TunnelKey], now: float, reason: str) -> list[Action]:
+        """Tunnels whose charon config changed (their SAs were just terminated): forget their
+        SA ids, so the terminations' down events are stale, report the drop, let failover
+        react as to any lost CHILD SA, and initiate at once (the next Tick is due now)."""
+        out: list[Action] = []
+        changes: list[TunnelChanged] = []
+        for key in keys:
+            old = self.tunnels.get(key)
+            if old is None:
+                continue
+            fresh = tunnel.Tunnel(key, state=tunnel.DOWN, synced=old.synced, since=now,
+                                  reason=reason, retry_at=now if old.synced else None)
+            self.tunnels[key] = fresh
+            if old.state != tunnel.DOWN:
+                out.append(ReportTransition(key, old.state, tunnel.DOWN, reason))
+            if old.established:
+                changes.append(TunnelChanged(key, False, reason))
+            self._note(key, fresh.deadline(self.timers))
+        self._run_batch(changes, now, out)
+        self._recompute()
+        return out
 
     # --- the entry point ---------------------------------------------------------------
 
