@@ -34,6 +34,10 @@ def test_black_hole_moves_traffic_and_preempt_brings_it_back(make_lab):
     assert report.received > 0.5 * report.sent, report
     e = lab.events("connection.active_changed", active="tunnel2")[-1]
     assert "probes lost" in e["reason"], e
+    # one event with from/to and the evidence: tunnel 1's last probes lost, tunnel 2's answered
+    assert (e["from"], e["to"]) == ("tunnel1", "tunnel2"), e
+    assert e["probes"]["tunnel1"]["recent"].endswith("---"), e
+    assert e["probes"]["tunnel2"]["recent"].endswith("+"), e
     faults.repair(lab.lab)
     t0 = time.monotonic()
     wait_until("back on tunnel 1", lambda: active_interface(lab.lab) == "vxlan1", 15)

@@ -107,8 +107,14 @@ class Daemon:
         self.metrics.set_active(a.connection, tuple(t.name for t in conn.tunnels), a.tunnel)
         if previous is not None and a.tunnel is not None and previous != a.tunnel:
             self.metrics.failover(a.connection, previous, a.tunnel, a.reason)
+        from vpnd.status import evidence
+
+        # one event per change, with from/to and the probe evidence the decision rested on
         log.info("connection.active_changed", connection=a.connection, active=a.tunnel,
-                 previous=previous, reason=a.reason, withdraw=a.withdraw)
+                 previous=previous, **{"from": previous}, to=a.tunnel, reason=a.reason,
+                 withdraw=a.withdraw,
+                 probes={t.name: evidence(self.board.probes.get(E.TunnelKey(a.connection, t.name)))
+                         for t in conn.tunnels} if conn.health_check is not None else None)
         if conn.routing == "policy":
             done = await self.policy.set_active(a.connection, a.tunnel)
             if done:

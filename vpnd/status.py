@@ -55,6 +55,16 @@ class ProbeSummary:
         }
 
 
+def evidence(summary: ProbeSummary | None) -> dict[str, Any] | None:
+    """The probe facts a failover log line carries: the last results oldest first
+    ('+' answered, '-' lost), the mean RTT and the loss over the window."""
+    if summary is None or not summary.window:
+        return None
+    j = summary.to_json()
+    return {"recent": "".join("+" if ok else "-" for ok, _ in summary.window),
+            "avg_rtt_ms": j["avg_rtt_ms"], "loss_percent": j["loss_percent"]}
+
+
 class StatusBoard:
     """Observer of dispatched events + composer of the status the control socket serves."""
 
