@@ -420,3 +420,44 @@ def test_11_stopped_frr_times_out_without_stalling_the_loop(make_lab):
     r.note = (f"worst status+scrape {worst * 1000:.0f} ms while stopped; loop lag {lag * 1000:.0f} ms; "
               f"frr errors counted {metric(m, 'vpnd_frr_command_errors_total'):.0f}")
     r.verdict = "passed"
+
+
+# --- 8. SIGHUP with a valid change, then with an invalid file ------------------------------------
+
+def test_8_sighup_valid_change_keeps_sas_invalid_file_changes_nothing(make_lab):
+    r = row(8, "SIGHUP: valid change, then an invalid file")
+    lab = make_lab()
+    ready(lab)
+    path = lab.lab.dir / "vpnd.toml"
+
+    def hup_and_wait(outcome: str) -> dict:
+        n = len(lab.events(outcome))
+        os.kill(lab.vpnd_pid, signal.SIGHUP)
+        return lab.wait_event(outcome, after=n, timeout=20)
+
+    ids = {s["name"]: (s["ike_id"], s["child_id"]) for s in list_sas(lab.lab)}
+    routes = vpnd_routes(lab.lab)
+    pinger = Pinger(lab.lab, duration=30)
+    time.sleep(0.3)
+    text = path.read_text()
+    path.write_text(text.replace(f"interval = {lab.opts.interval}", "interval = 0.2", 1))
+    done = hup_and_wait("config.reloaded")
+    time.sleep(1.0)
+    assert {s["name"]: (s["ike_id"], s["child_id"]) for s in list_sas(lab.lab)} == ids
+    assert vpnd_routes(lab.lab) == routes
+    path.write_text(text.replace("retries = ", "retries = -", 1))
+    hup_and_wait("config.reload_failed")
+    rejected = lab.events("config.reload_rejected")
+    assert rejected and "retries" in rejected[-1]["path"], rejected
+    time.sleep(1.0)
+    report = pinger.stop()
+    assert {s["name"]: (s["ike_id"], s["child_id"]) for s in list_sas(lab.lab)} == ids
+    assert vpnd_routes(lab.lab) == routes and vpnd_alive(lab)
+    m = scrape(lab)
+    assert metric(m, "vpnd_config_last_reload_successful") == 0
+    assert metric(m, "vpnd_config_reloads_total", result="success") == 1
+    assert metric(m, "vpnd_config_reloads_total", result="failure") == 1
+    assert report.outage_ms < 100, report
+    r.outage_ms, r.switches = report.outage_ms, len(switches(lab))
+    r.note = f"valid reload {done.get('duration_ms')} ms, SA ids kept; invalid: {rejected[-1]['path']} rejected"
+    r.verdict = "passed"
