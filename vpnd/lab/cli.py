@@ -187,6 +187,20 @@ def cmd_status(lab: Lab) -> int:
     return 0
 
 
+def show_vpnd_status(lab: Lab, say) -> None:
+    """What the operator sees: `vpnd status` over the daemon's control socket."""
+    from vpnd.control import Unreachable, request
+    from vpnd.control_cli import render
+
+    say(f"   `vpnd status --socket {lab.dir / 'control.sock'}`:")
+    try:
+        text = render(request(str(lab.dir / "control.sock"), {"command": "status"}, timeout=5)["status"])
+    except (Unreachable, OSError, ValueError, KeyError) as exc:
+        text = f"(no status: {exc})"
+    for line in text.splitlines():
+        say(f"   | {line}")
+
+
 def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict[str, Any]:
     """The newcomer's tour; every step waits for its expectation, bounded. Returns figures."""
     def say(msg: str) -> None:
@@ -220,6 +234,7 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     report = pinger.stop()
     say(f"   LAN->VPC during the failover: {report.line()}")
     print_status(lab, out)
+    show_vpnd_status(lab, say)
     say(f"== 4. repairing tunnel 1; vpnd moves back after it has been healthy for {opts.preempt_delay:.0f} s")
     pinger2 = Pinger(lab, duration=120)
     faults.repair(lab)
