@@ -98,3 +98,26 @@ def make_lab():
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(running.log, keep / f"{running.lab.prefix}.log")
         running.lab.destroy()
+
+
+BGP_PEERS = {"169.254.10.1", "169.254.20.1"}
+
+
+def bgp_lab(make_lab, **options) -> RunningLab:
+    """A bgp-mode lab whose cgw FRR vpnd configures itself, up to both sessions Established
+    and the VPC prefix installed by zebra."""
+    from vpnd.lab import frr
+    from vpnd.lab.cli import both_established, wait_until
+
+    if not frr.available():
+        pytest.skip("FRR is not installed")
+    lab = make_lab(routing="bgp", frr_by_vpnd=True, **options)
+    lab.start_vpnd()
+    lab.wait_event("frr.applied", timeout=20)
+    wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
+    wait_until("both BGP sessions Established over the tunnels",
+               lambda: frr.established_peers(lab.lab, "cgw") == BGP_PEERS, 40, interval=0.1)
+    wait_until("the VPC prefix learned and installed by zebra",
+               lambda: lab.lab.plan.vpc_net in lab.lab.ip("cgw", "route", "show", "proto", "bgp").stdout,
+               20, interval=0.1)
+    return lab

@@ -9,33 +9,19 @@ import time
 
 import pytest
 
+from lab_fixtures import BGP_PEERS, bgp_lab
 from vpnd.lab import faults, frr
-from vpnd.lab.cli import both_established, wait_until
+from vpnd.lab.cli import wait_until
 from vpnd.lab.pinger import Pinger
 
 pytestmark = pytest.mark.lab
 
-PEERS = {"169.254.10.1", "169.254.20.1"}
+PEERS = BGP_PEERS
 
 
 def vpc_device(lab) -> str | None:
     out = lab.lab.exec("cgw", "ip", "route", "get", lab.lab.plan.vpc_host, check=False).stdout.split()
     return out[out.index("dev") + 1] if "dev" in out else None
-
-
-def bgp_lab(make_lab, **options):
-    if not frr.available():
-        pytest.skip("FRR is not installed")
-    lab = make_lab(routing="bgp", frr_by_vpnd=True, **options)
-    lab.start_vpnd()
-    lab.wait_event("frr.applied", timeout=20)
-    wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
-    wait_until("both BGP sessions Established over the tunnels",
-               lambda: frr.established_peers(lab.lab, "cgw") == PEERS, 30, interval=0.1)
-    wait_until("the VPC prefix learned and installed by zebra",
-               lambda: lab.lab.plan.vpc_net in lab.lab.ip("cgw", "route", "show", "proto", "bgp").stdout,
-               20, interval=0.1)
-    return lab
 
 
 def test_bgp_failover_moves_traffic_within_the_probe_budget(make_lab):

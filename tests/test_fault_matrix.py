@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fault_summary import row
+from lab_fixtures import BGP_PEERS, bgp_lab
 from vpnd.lab import daemons, faults, scenario
 from vpnd.lab.cli import active_interface, both_established, list_sas, vpnd_routes, wait_until
 from vpnd.lab.pinger import Pinger
@@ -335,30 +336,11 @@ def test_12_cloud_psk_changed_reports_phase1_failed_without_crash_loop(make_lab)
 
 # --- 6. FRR killed and restarted (bgp mode) ---------------------------------------------------
 
-BGP_PEERS = {"169.254.10.1", "169.254.20.1"}
-
-
-def bgp_ready(make_lab, **options):
-    from vpnd.lab import frr
-
-    if not frr.available():
-        pytest.skip("FRR is not installed")
-    lab = make_lab(routing="bgp", frr_by_vpnd=True, **options)
-    lab.start_vpnd()
-    lab.wait_event("frr.applied", timeout=20)
-    wait_until("both BGP sessions Established", lambda: frr.established_peers(lab.lab, "cgw") == BGP_PEERS,
-               40, interval=0.1)
-    wait_until("VPC prefix installed by zebra",
-               lambda: lab.lab.plan.vpc_net in lab.lab.ip("cgw", "route", "show", "proto", "bgp").stdout,
-               20, interval=0.1)
-    return lab
-
-
 def test_6_frr_killed_and_restarted_is_reconfigured(make_lab):
     from vpnd.lab import frr
 
     r = row(6, "FRR (cgw) SIGKILLed and restarted (bgp)")
-    lab = bgp_ready(make_lab)
+    lab = bgp_lab(make_lab)
     applied = len(lab.events("frr.applied"))
     pinger = Pinger(lab.lab, duration=60)
     time.sleep(0.3)
@@ -389,7 +371,7 @@ def test_11_stopped_frr_times_out_without_stalling_the_loop(make_lab):
     from vpnd.lab import frr
 
     r = row(11, "FRR SIGSTOPped 8 s, then SIGCONT (bgp)")
-    lab = bgp_ready(make_lab)
+    lab = bgp_lab(make_lab)
     pids = [rec["pid"] for name, rec in lab.lab.recorded().items()
             if name.startswith("frr-cgw-") and name != "frr-cgw-zebra"]
     control = lab.lab.dir / "control.sock"
