@@ -56,3 +56,19 @@ def test_restarted_frr_is_reconfigured(make_lab):
                interval=0.1)
     assert "router bgp 65530" in frr.vtysh(lab.lab, "cgw", "-c", "show running-config bgpd")
     assert not lab.events("frr.watch_error")
+
+
+def test_ecmp_keeps_both_tunnels_active(make_lab):
+    """standby = "ecmp" (the vendor's transit-router case): zebra installs the VPC prefix
+    over both tunnels; a black-holed tunnel 1 leaves tunnel 2 alone in the route."""
+    lab = bgp_lab(make_lab, standby="ecmp")
+
+    def nexthops() -> set[str]:
+        out = lab.lab.ip("cgw", "route", "show", lab.lab.plan.vpc_net, "proto", "bgp").stdout.split()
+        return {out[i + 1] for i, w in enumerate(out) if w == "dev"}
+
+    wait_until("both tunnels in the multipath route", lambda: nexthops() == {"vxlan1", "vxlan2"}, 20,
+               interval=0.1)
+    faults.blackhole(lab.lab, 0, "libipsec")
+    wait_until("tunnel 1 leaves the route", lambda: nexthops() == {"vxlan2"}, 10, interval=0.01)
+    lab.wait_event("bgp.neighbor_set", tunnel="tunnel1", enabled=False, timeout=5)
