@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from vpnd.config.model import (
-    Config, ConnectionConfig, DaemonConfig, FailoverConfig, HealthCheckConfig, Secret,
+    BgpConnectionConfig, Config, ConnectionConfig, DaemonConfig, FailoverConfig, HealthCheckConfig, Secret,
     TunnelConfig,
 )
 from vpnd.core.events import TunnelKey
@@ -23,7 +23,8 @@ def tunnel_cfg(i: int) -> TunnelConfig:
 def connection(name: str = "c", *, routing: str = "route", tunnels: int = 2,
                health: bool = True, switch_route: bool = True, retries: int = 3,
                max_rtt_ms: float | None = None, max_loss_percent: float | None = None,
-               **failover: object) -> ConnectionConfig:
+               standby: str | None = None, **failover: object) -> ConnectionConfig:
+    """standby (bgp mode): the [connection.bgp] table's standby; None: no table at all."""
     hc = HealthCheckConfig(
         destination=ipaddress.IPv4Address("10.0.0.1"), source=ipaddress.IPv4Address("10.1.0.1"),
         retries=retries, switch_route=switch_route, max_rtt_ms=max_rtt_ms,
@@ -35,6 +36,7 @@ def connection(name: str = "c", *, routing: str = "route", tunnels: int = 2,
         remote_networks=(ipaddress.IPv4Network("10.0.0.0/16"),),
         tunnels=tuple(tunnel_cfg(i) for i in range(1, tunnels + 1)),
         health_check=hc, failover=FailoverConfig(**failover),  # type: ignore[arg-type]
+        bgp=BgpConnectionConfig(standby=standby) if standby else None,  # type: ignore[arg-type]
     )
 
 

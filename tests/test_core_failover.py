@@ -370,11 +370,49 @@ def test_bgp_bfd_down_moves_the_active_but_not_the_neighbor():
     ], start=BGP_START)
 
 
-def test_bgp_drain_shuts_the_drained_neighbor_only_while_another_is_usable():
-    run(connection(routing="bgp"), [
+def test_bgp_ecmp_drain_shuts_the_drained_neighbor_only_while_another_is_usable():
+    run(connection(routing="bgp", standby="ecmp"), [
         (5, Drain(T1), [act("t2", "t1 drained"), nb("t1", False)]),
         (6, down("t2"), [act("t1"), nb("t1", True), nb("t2", False)]),
         (7, Undrain(T1), []),
+    ], start=BGP_START)
+
+
+PREPEND = dict(routing="bgp", standby="prepend")
+
+
+def test_bgp_prepend_return_waits_for_preempt_delay():
+    # SetActive moves the route-maps: the return to t1 waits 10 s after its session is back
+    run(connection(**PREPEND, **FAST), losses("t1", 3, 6) + [
+        (9, loss("t1"), [act("t2", "3 probes lost"), nb("t1", False)]),
+        (10, BgpSessionChanged(T1, False), []),
+        (12, ok("t1"), [nb("t1", True)]),
+        (15, BgpSessionChanged(T1, True), []),            # session back: traffic stays on t2
+        (24.9, Tick(), []),
+        (25, Tick(), [act("t1", "preferred t1 healthy for 10.0 s")]),
+    ], start=BGP_START)
+
+
+def test_bgp_prepend_without_preempt_stays_on_the_standby():
+    run(connection(**PREPEND, preempt=False), [
+        (5, down("t1"), [act("t2"), nb("t1", False)]),
+        (6, up("t1", 1), [nb("t1", True)]),
+        (7, BgpSessionChanged(T1, True), []),
+        (100, Tick(), []),
+    ], start=BGP_START)
+
+
+def test_bgp_prepend_drain_and_pin_move_route_maps_not_sessions():
+    # the route-maps keep traffic off the drained / unpinned tunnel; its session stays up
+    run(connection(**PREPEND), [
+        (5, Drain(T1), [act("t2", "t1 drained")]),
+        (6, down("t2"), [act("t1"), nb("t2", False)]),
+        (7, Undrain(T1), []),
+    ], start=BGP_START)
+    run(connection(**PREPEND), [
+        (5, ForceFailover(T2), [act("t2", "operator: force failover to t2")]),
+        (100, Tick(), []),
+        (101, Undrain(T2), [act("t1", "preferred t1")]),
     ], start=BGP_START)
 
 

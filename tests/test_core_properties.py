@@ -60,6 +60,7 @@ CONFIGS = st.builds(
     hold_down=st.sampled_from([0.0, 5.0, 30.0]),
     max_switches_per_minute=st.sampled_from([0, 1, 2, 4]),
     both_down=st.sampled_from(["keep", "withdraw"]),
+    standby=st.sampled_from([None, "prepend", "ecmp"]),
 )
 
 

@@ -120,6 +120,91 @@ async def test_neighbor_shutdown_is_kept_by_reapply(frr):
         await a.vtysh.close()
 
 
+def record(a: BgpAdapter) -> list:
+    """Every configure batch and command the adapter sends from now on."""
+    sent: list = []
+    configure, run = a.vtysh.configure, a.vtysh.run
+
+    async def configure_(cmds):
+        sent.append(("configure", list(cmds)))
+        return await configure(cmds)
+
+    async def run_(cmd, **kw):
+        if not cmd.startswith("show "):
+            sent.append(("run", cmd))
+        return await run(cmd, **kw)
+
+    a.vtysh.configure, a.vtysh.run = configure_, run_
+    return sent
+
+
+SWAP = [f"neighbor {T1} route-map vpnd-vpc1-standby-in in", f"neighbor {T1} route-map vpnd-vpc1-standby-out out",
+        f"neighbor {T2} route-map allow-all in", f"neighbor {T2} route-map allow-all out"]
+
+
+async def test_set_active_moves_only_the_route_maps_then_soft_refreshes(frr):
+    a, _, _ = adapter(frr)
+    try:
+        await a.apply()
+        sent = record(a)
+        with capture_logs() as logs:
+            await a.set_active("vpc1", "tunnel2", "t1 drained")
+            await a._push
+        assert sent == [
+            ("configure", [ROUTER, "address-family ipv4 unicast", *SWAP, "exit-address-family", "exit"]),
+            ("run", f"clear bgp ipv4 unicast {T1} soft"), ("run", f"clear bgp ipv4 unicast {T2} soft")]
+        moved = next(e for e in logs if e["event"] == "bgp.standby_moved")
+        assert moved["active"] == "tunnel2" and moved["commands"] == 4 and moved["reaction_ms"] < 1000
+        text = frr.vtysh("-c", "show running-config bgpd")
+        assert all(line in text for line in SWAP)
+        sent.clear()
+        await a.set_active("vpc1", "tunnel2", "again")      # the same assignment: nothing
+        assert await a.apply() == [], "the wanted config includes the assignment"
+        assert sent == []
+        # back, together with a shutdown: one batch; the shut neighbor is not refreshed
+        await a.set_neighbor(E.TunnelKey("vpc1", "tunnel2"), False, "probes failed")
+        await a.set_active("vpc1", "tunnel1", "t2 failed")
+        await a._push
+        await _until(lambda: not a.pending(), 5)
+        assert ("run", f"clear bgp ipv4 unicast {T2} soft") not in sent
+        assert ("run", f"clear bgp ipv4 unicast {T1} soft") in sent
+        text = frr.vtysh("-c", "show running-config bgpd")
+        assert f"neighbor {T1} route-map allow-all in" in text and f"neighbor {T2} shutdown" in text
+        assert f"neighbor {T2} route-map vpnd-vpc1-standby-out out" in text
+    finally:
+        await a.vtysh.close()
+
+
+async def test_ecmp_set_active_issues_nothing(frr):
+    a, _, _ = adapter(frr, config(standby="ecmp"))
+    try:
+        await a.apply()
+        sent = record(a)
+        await a.set_active("vpc1", "tunnel2", "t1 failed")
+        assert a._push is None and sent == [] and await a.apply() == []
+    finally:
+        await a.vtysh.close()
+
+
+async def test_assignment_survives_restart_and_reload(frr):
+    a, _, _ = adapter(frr, resync_interval=60)
+    a.start()
+    try:
+        await _until(lambda: a.applies >= 1, 10)
+        await a.set_active("vpc1", "tunnel2", "operator")
+        await _until(lambda: all(line in frr.vtysh("-c", "show running-config bgpd") for line in SWAP), 5)
+        n = a.applies
+        await asyncio.to_thread(restart_bgpd, frr)
+        await _until(lambda: a.applies > n and ROUTER in frr.vtysh("-c", "show running-config bgpd"), 15)
+        text = frr.vtysh("-c", "show running-config bgpd")
+        assert all(line in text for line in SWAP), text
+        changes = await a.reconfigure(config(keepalive=5, hold=15))      # a reload keeps it
+        assert [c.command for c in changes] == [f"neighbor {T1} timers 5 15", f"neighbor {T2} timers 5 15"]
+        assert all(line in frr.vtysh("-c", "show running-config bgpd") for line in SWAP)
+    finally:
+        await a.stop()
+
+
 async def test_refusal_is_an_exception_log_and_metric(frr):
     a, _, m = adapter(frr)
     try:

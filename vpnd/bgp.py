@@ -10,6 +10,14 @@ carries out the core's SetBgpNeighbor, and reports session/BFD state back as eve
   (a Cease) when the tunnel still carries anything, and FRR shows it in its running config, so
   the wanted state is part of what apply() converges to after FRR restarts.
   The command runs in the background: a stuck FRR never stalls the reconciler.
+- set_active(): the core's SetActive. With standby = "prepend" the route-maps say which
+  tunnel carries traffic (vpnd.render.frr.neighbor_route_maps: allow-all for the active one,
+  prepend / lower local-preference for the others), so the new assignment is pushed as the
+  changed `neighbor P route-map ...` lines only, then `clear bgp ipv4 unicast P soft` for
+  each changed, enabled peer (FRR 8.4 re-evaluates on the attachment change by itself; the
+  soft clear makes that explicit and keeps the sessions). Like the shutdowns, the assignment
+  is part of what apply() converges to; until the core's first SetActive it is the rendered
+  default (tunnel 1). No policy here: which tunnel is the core's decision.
 - watch(): polls `show bgp summary json` (and `show bfd peers json` with BFD) every
   poll_interval, emits BgpSessionChanged / BfdChanged on change, fills the metrics. A bgpd
   without our router or peers (restarted, config gone) or a respawned vtysh triggers a
@@ -20,6 +28,7 @@ carries out the core's SetBgpNeighbor, and reports session/BFD state back as eve
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, Callable
 
@@ -27,9 +36,14 @@ from vpnd import logs
 from vpnd.config.model import Config
 from vpnd.core import events as E
 from vpnd.frr import FrrCommandError, FrrError, FrrTimeout, FrrUnavailable, Vtysh, VtyshTarget
-from vpnd.frr_diff import Change, Running, diff, parse_bfd_peers, parse_bgp_summary, parse_running, script
+from vpnd.frr_diff import (
+    Change, Running, diff, parse_bfd_peers, parse_bgp_summary, parse_running, script, setting,
+)
 
 log = logs.get("vpnd.bgp")
+
+_AF = "address-family ipv4 unicast"
+_ROUTE_MAP = re.compile(r"^neighbor \S+ route-map \S+ (in|out)$")
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 10.0
@@ -48,6 +62,8 @@ class BgpAdapter:
                            on_error=self._command_failed)
         self.enabled: dict[E.TunnelKey, bool] = {k: True for k in self.peers.values()}
         self._pushed: dict[E.TunnelKey, bool] = {}
+        self.active: dict[str, str] = {}        # connection -> tunnel (the core's SetActive)
+        self._pushed_active: dict[str, str] | None = None    # None: nothing pushed yet
         self.sessions: dict[E.TunnelKey, bool] = {}
         self.bfd_state: dict[E.TunnelKey, bool] = {}
         self.config_commands = 0        # configuration commands issued by apply() (tests read it)
@@ -82,16 +98,23 @@ class BgpAdapter:
         tunnels that still exist."""
         self._use(config)
         self.enabled = {k: self.enabled.get(k, True) for k in self.peers.values()}
+        self.active = {c: t for c, t in self.active.items() if E.TunnelKey(c, t) in self.enabled}
         self.sessions = {k: v for k, v in self.sessions.items() if k in self.enabled}
         self.bfd_state = {k: v for k, v in self.bfd_state.items() if k in self.enabled}
         return await self.apply()
 
-    def wanted(self, enabled: dict[E.TunnelKey, bool] | None = None) -> list[tuple[tuple[str, ...], list[str]]]:
-        """The rendered contexts plus `neighbor P shutdown` for every neighbor vpnd holds shut."""
+    def wanted(self, enabled: dict[E.TunnelKey, bool] | None = None,
+               active: dict[str, str] | None = None) -> list[tuple[tuple[str, ...], list[str]]]:
+        """The contexts rendered for the active tunnels (route-maps), plus `neighbor P
+        shutdown` for every neighbor vpnd holds shut. Pure: no FRR involved."""
+        from vpnd.render.frr import frr_config
+
         enabled = self.enabled if enabled is None else enabled
+        active = self.active if active is None else active
+        rendered = frr_config(self.config, active) if active else self.rendered
         shut = {ip for ip, k in self.peers.items() if not enabled.get(k, True)}
         out = []
-        for ctx in self.rendered.contexts:
+        for ctx in rendered.contexts:
             lines = list(ctx.lines)
             if ctx.keys == (self.router,) and shut:
                 extra = []
@@ -119,9 +142,16 @@ class BgpAdapter:
         # neighbor states as of now (after the read): a SetBgpNeighbor pushed meanwhile is in
         # `running` or still pending, never undone; the watch loop re-pushes any later change
         enabled = dict(self.enabled)
-        changes = diff(self.wanted(enabled), running)
+        active = dict(self.active)
+        changes = diff(self.wanted(enabled, active), running)
         if changes:
             await self.vtysh.configure(script(changes))
+            # a replaced attachment on a live session: refresh it (a new neighbor starts fresh)
+            had = {setting(h) for h in running.contexts.get((self.router, _AF), [])}
+            moved = {c.command.split()[1] for c in changes
+                     if _ROUTE_MAP.match(c.command) and setting(c.command) in had}
+            await self._soft_refresh(sorted(ip for ip in moved if ip in self.peers
+                                            and enabled.get(self.peers[ip], True)))
         self.config_commands += len(changes)
         self.applies += 1
         self.last_changes = changes
@@ -129,6 +159,7 @@ class BgpAdapter:
         self._need_apply = False
         self._last_apply = time.monotonic()
         self._pushed = enabled
+        self._pushed_active = active
         if changes:
             log.info("frr.applied", commands=len(changes), apply_ms=self.last_apply_ms,
                      changes=[c.command for c in changes if c.command][:20])
@@ -148,26 +179,99 @@ class BgpAdapter:
             self.metrics.bgp_neighbor_enabled.labels(*key).set(1 if enabled else 0)
         log.info("bgp.neighbor_wanted", connection=key.connection, tunnel=key.tunnel,
                  enabled=enabled, reason=reason)
-        if self._push is None or self._push.done():
-            self._push = asyncio.create_task(self._push_neighbors(), name="bgp-neighbors")
+        self._kick()
 
-    async def _push_neighbors(self) -> None:
+    # --- SetActive -------------------------------------------------------------------------
+
+    async def set_active(self, connection: str, tunnel: str | None, reason: str = "") -> None:
+        """Record which tunnel the core made active and push the route-maps that follow in
+        the background. None (withdrawn: the failing neighbors are shut anyway) keeps the
+        last assignment; an unchanged one issues nothing."""
+        if tunnel is None:
+            return
+        if E.TunnelKey(connection, tunnel) not in self.enabled:
+            log.warning("bgp.unknown_tunnel", connection=connection, tunnel=tunnel)
+            return
+        if self.active.get(connection) == tunnel:
+            return
+        self.active[connection] = tunnel
+        log.info("bgp.active_wanted", connection=connection, tunnel=tunnel, reason=reason)
+        if self.route_map_changes(self._pushed_active, self.active):
+            self._kick()
+
+    def route_map_changes(self, old: dict[str, str] | None,
+                          new: dict[str, str]) -> list[tuple[str, str]]:
+        """Pure: (peer, `neighbor P route-map M in|out` line) for every attachment that differs
+        between two assignments (old None: the rendered default)."""
+        from vpnd.render.frr import neighbor_route_maps
+
+        out: list[tuple[str, str]] = []
+        for c in self.conns:
+            before, after = neighbor_route_maps(c, old), neighbor_route_maps(c, new)
+            for ip, (rm_in, rm_out) in after.items():
+                was = before.get(ip)
+                if was is None or was[0] != rm_in:
+                    out.append((ip, f"neighbor {ip} route-map {rm_in} in"))
+                if was is None or was[1] != rm_out:
+                    out.append((ip, f"neighbor {ip} route-map {rm_out} out"))
+        return out
+
+    def pending(self) -> bool:
+        return (any(self._pushed.get(k) != v for k, v in self.enabled.items())
+                or bool(self.route_map_changes(self._pushed_active, self.active)))
+
+    def _kick(self) -> None:
+        if self._push is None or self._push.done():
+            self._push = asyncio.create_task(self._push_pending(), name="bgp-push")
+
+    async def _push_pending(self) -> None:
+        """Neighbor shutdowns and route-map attachments not yet in FRR, in one configure
+        batch (the newest wanted state wins), then the soft refresh of the moved peers."""
         ip_of = {k: ip for ip, k in self.peers.items()}
         while True:
             pending = {k: v for k, v in self.enabled.items() if self._pushed.get(k) != v}
-            if not pending:
+            active = dict(self.active)
+            maps = self.route_map_changes(self._pushed_active, active)
+            if not pending and not maps:
                 return
-            cmds = [f"{'no ' if v else ''}neighbor {ip_of[k]} shutdown" for k, v in pending.items()]
+            cmds = [self.router]
+            cmds += [f"{'no ' if v else ''}neighbor {ip_of[k]} shutdown" for k, v in pending.items()]
+            if maps:
+                cmds += [_AF, *[line for _, line in maps], "exit-address-family"]
+            cmds.append("exit")
             t0 = time.perf_counter()
             try:
-                await self.vtysh.configure([self.router, *cmds, "exit"])
+                await self.vtysh.configure(cmds)
             except FrrError:
                 self._need_apply = True       # the watch loop's apply converges it later
                 return
             self._pushed.update(pending)
+            self._pushed_active = active
             for k, v in pending.items():
                 log.info("bgp.neighbor_set", connection=k.connection, tunnel=k.tunnel, peer=ip_of[k],
                          enabled=v, reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
+            if maps:
+                moved = list(dict.fromkeys(ip for ip, _ in maps))
+                refreshed = await self._soft_refresh(
+                    [ip for ip in moved if self._pushed.get(self.peers[ip], True)])
+                for conn in dict.fromkeys(self.peers[ip].connection for ip in moved):
+                    log.info("bgp.standby_moved", connection=conn, active=active.get(conn),
+                             peers=[ip for ip in moved if self.peers[ip].connection == conn],
+                             soft_refreshed=[ip for ip in refreshed if self.peers[ip].connection == conn],
+                             commands=len(maps), reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+    async def _soft_refresh(self, peers: list[str]) -> list[str]:
+        """`clear bgp ipv4 unicast P soft`: re-run the peer's policy both ways without a
+        session reset (inbound from the soft-reconfiguration copy that is rendered). A
+        refusal is logged and counted (Vtysh's on_error); the config change stays."""
+        done = []
+        for ip in peers:
+            try:
+                await self.vtysh.run(f"clear bgp ipv4 unicast {ip} soft")
+                done.append(ip)
+            except FrrError:
+                continue
+        return done
 
     # --- watching ----------------------------------------------------------------------------
 
@@ -232,9 +336,8 @@ class BgpAdapter:
                     log.info("frr.reconnected", down_s=round(time.monotonic() - self._down_since, 3))
                     self._down_since = None
                 backoff = BACKOFF_START
-                if self._push is None or self._push.done():
-                    if any(self._pushed.get(k) != v for k, v in self.enabled.items()):
-                        self._push = asyncio.create_task(self._push_neighbors(), name="bgp-neighbors")
+                if (self._push is None or self._push.done()) and self.pending():
+                    self._kick()
                 await asyncio.sleep(self.poll_interval)
             except asyncio.CancelledError:
                 raise

@@ -119,6 +119,9 @@ class Daemon:
             done = await self.policy.set_active(a.connection, a.tunnel)
             if done:
                 log.info("policy.switched", connection=a.connection, active=a.tunnel, **done)
+        if conn.routing == "bgp" and self.bgp is not None:
+            # standby = "prepend": the route-maps follow (pushed in the background)
+            await self.bgp.set_active(a.connection, a.tunnel, a.reason)
         routes = self.routes.get(a.connection)
         if routes is not None:
             t0 = time.perf_counter()

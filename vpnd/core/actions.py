@@ -35,7 +35,8 @@ class SetActive:
     """Which tunnel of a connection carries traffic (None: none does).
 
     The route adapter turns it into routes (route mode), CHILD SA priorities (policy
-    mode) or BGP neighbor state (bgp mode).
+    mode) or, in bgp mode with standby = "prepend", route-maps (allow-all for this tunnel's
+    neighbor, prepend / lower local-preference for the others).
     """
 
     connection: str

@@ -52,14 +52,19 @@ switch_route=false: probes are report-only (the cloud's "do not withdraw routes 
 checks fail"): they never make a tunnel unusable, so they never move traffic; CHILD SA state
 still does, as it does without a health check.
 
-bgp mode: the same decision, plus SetBgpNeighbor per tunnel: a neighbor is enabled while its
-tunnel is not failing (its CHILD SA went down, or its probes failed; never BGP/BFD state, which
-would deadlock, and never "not known yet", which would shut sessions whenever vpnd restarts)
-and not excluded (drained, or not the pinned tunnel while the pinned one is active) while
-another tunnel is usable. The active
-tunnel's neighbor stays up while it fails if no other tunnel is usable and both_down=keep
-(shutting it would withdraw everything: that is "keep" in BGP terms).
-Neighbors start as rendered (enabled). SetActive is emitted for reporting.
+bgp mode: the same decision. With standby = "prepend" SetActive is what moves traffic: the
+BGP adapter gives the active tunnel's neighbor the allow-all route-maps and every other one the
+standby ones (AS-path prepend out, lower local-preference in), with a soft refresh, so
+preempt_delay, hold_down, damping, preempt=false, drain and pinning govern traffic as in route
+mode (before the first SetActive the rendering prefers tunnel 1). With "ecmp" SetActive only
+reports. Plus SetBgpNeighbor per tunnel, the fast path out of a failing tunnel: a neighbor is
+enabled while its tunnel is not failing (its CHILD SA went down, or its probes failed; never
+BGP/BFD state, which would deadlock, and never "not known yet", which would shut sessions
+whenever vpnd restarts) and, in ecmp mode only, not excluded (drained, or not the pinned tunnel
+while the pinned one is active) while another tunnel is usable; with prepend the route-maps
+keep traffic off an excluded tunnel and its session stays up, ready. The active tunnel's
+neighbor stays up while it fails if no other tunnel is usable and both_down=keep (shutting it
+would withdraw everything: that is "keep" in BGP terms). Neighbors start as rendered (enabled).
 """
 
 from __future__ import annotations
@@ -416,11 +421,13 @@ def _neighbors(c: Connection, cfg: ConnectionConfig, out: list[Action]) -> Conne
     health = list(c.health)
     usable = [h.usable for h in health]
     withdraw = cfg.failover.both_down == "withdraw"
+    # prepend: SetActive's route-maps keep traffic off drained / unpinned tunnels
+    steered = cfg.bgp is not None and cfg.bgp.standby == "prepend" and len(c.tunnels) > 1
     for i, h in enumerate(health):
         alternative = any(u for j, u in enumerate(usable) if j != i)
         # the pin excludes the others once traffic is back on it (not while a return waits)
-        excluded = h.drained or (c.pinned is not None and c.pinned != c.tunnels[i]
-                                 and c.active == c.pinned)
+        excluded = not steered and (h.drained or (c.pinned is not None and c.pinned != c.tunnels[i]
+                                                  and c.active == c.pinned))
         if h.failing:       # with nowhere better to go, "keep" keeps the active session
             enabled = not alternative and not withdraw and c.active == c.tunnels[i]
         else:

@@ -7,15 +7,19 @@ apply it by difference and `vpnd render frr` prints it with `.text()`.
 Compared with the vendor's procedure (seed 003) it adds:
 - `bgp route-map delay-timer 0`, and route-maps before `router bgp`: otherwise FRR holds the
   first updates for 5 s (lab notes).
-- standby = "prepend": tunnel 2's neighbor gets an outbound route-map that prepends our ASN
-  `prepend_count` times (the cloud prefers tunnel 1 for return traffic) and an inbound one
-  with local-preference 50 (we prefer tunnel 1); "ecmp" keeps both equal (allow-all).
+- standby = "prepend": every tunnel but the active one gets an outbound route-map that
+  prepends our ASN `prepend_count` times (the cloud prefers the active tunnel for return
+  traffic) and an inbound one with local-preference 50 (we prefer it too); the active tunnel
+  gets allow-all. Which tunnel is active is the failover core's SetActive (`active`); the
+  rendering without one (`vpnd render frr`, vpnd's start) makes tunnel 1 active.
+  "ecmp" keeps both equal (allow-all) whatever is active.
 - BFD when enabled: one profile per connection with its intervals, `neighbor X bfd profile P`
   (a profile applies to whatever session bgpd asks bfdd for; no peer keys to match).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vpnd.config.model import Config, ConnectionConfig
@@ -102,7 +106,7 @@ def bfd_profile_name(conn: ConnectionConfig) -> str:
 
 
 def standby_route_maps(conn: ConnectionConfig) -> tuple[str, str]:
-    """(in, out) route-map names for tunnel 2 in prepend mode."""
+    """(in, out) route-map names for the tunnels that are not active, in prepend mode."""
     return f"vpnd-{conn.name}-standby-in", f"vpnd-{conn.name}-standby-out"
 
 
@@ -147,8 +151,37 @@ def bgp_connections(config: Config) -> list[ConnectionConfig]:
     return conns
 
 
-def frr_config(config: Config) -> FrrConfig:
-    """Our side: one `router bgp <local_asn>` with both tunnels' cloud peers as neighbors."""
+def steered(conn: ConnectionConfig) -> bool:
+    """True when route-maps decide which tunnel carries traffic (standby = "prepend")."""
+    return conn.bgp is not None and conn.bgp.standby == "prepend" and len(conn.tunnels) > 1
+
+
+def active_tunnel(conn: ConnectionConfig, active: Mapping[str, str | None] | None) -> str:
+    """The tunnel that gets allow-all: the core's choice when it names one of ours, else
+    tunnel 1 (the rendered default, so a vpnd restart changes nothing)."""
+    names = [t.name for t in conn.tunnels]
+    chosen = (active or {}).get(conn.name)
+    return chosen if chosen in names else names[0]
+
+
+def neighbor_route_maps(conn: ConnectionConfig,
+                        active: Mapping[str, str | None] | None = None) -> dict[str, tuple[str, str]]:
+    """Peer IP -> (in, out) route-map names for the connection's neighbors."""
+    current = active_tunnel(conn, active)
+    out: dict[str, tuple[str, str]] = {}
+    for t in conn.tunnels:
+        if t.bgp is None:
+            continue
+        standby = steered(conn) and t.name != current
+        out[str(t.bgp.peer_ip)] = standby_route_maps(conn) if standby else (ALLOW_ALL, ALLOW_ALL)
+    return out
+
+
+def frr_config(config: Config, active: Mapping[str, str | None] | None = None) -> FrrConfig:
+    """Our side: one `router bgp <local_asn>` with both tunnels' cloud peers as neighbors.
+
+    `active`: connection name -> the tunnel carrying traffic (the core's SetActive); a
+    connection missing from it has tunnel 1 active."""
     conns = bgp_connections(config)
     asns = {c.bgp.local_asn for c in conns}
     if len(asns) > 1:
@@ -161,7 +194,7 @@ def frr_config(config: Config) -> FrrConfig:
     networks: list[str] = []
     for c in conns:
         bgp = c.bgp
-        if bgp.standby == "prepend" and len(c.tunnels) > 1:
+        if steered(c):
             rm_in, rm_out = standby_route_maps(c)
             contexts.append(Context((f"route-map {rm_in} permit 1",),
                                     (f"set local-preference {STANDBY_LOCAL_PREFERENCE}",)))
@@ -169,13 +202,9 @@ def frr_config(config: Config) -> FrrConfig:
                                     ("set as-path prepend " + " ".join([str(bgp.local_asn)] * bgp.prepend_count),)))
         if bgp.bfd.enabled:
             contexts.append(bfd_context(c))
-        for i, t in enumerate(c.tunnels):
-            if t.bgp is None:
-                continue
-            standby = i > 0 and bgp.standby == "prepend"
-            rm_in, rm_out = standby_route_maps(c) if standby else (ALLOW_ALL, ALLOW_ALL)
+        for peer, (rm_in, rm_out) in neighbor_route_maps(c, active).items():
             neighbors.append(Neighbor(
-                str(t.bgp.peer_ip), bgp.peer_asn, bgp.keepalive, bgp.hold, rm_in, rm_out,
+                peer, bgp.peer_asn, bgp.keepalive, bgp.hold, rm_in, rm_out,
                 bfd_profile_name(c) if bgp.bfd.enabled else None))
         for n in bgp.networks or c.local_networks:
             if str(n) not in networks:
