@@ -11,6 +11,9 @@ Why it is built this way:
   than a dependency (icmplib builds the same packets but owns its sockets and loop).
 - A missing interface (deleted, not yet re-created) is a lost probe, never an exception: the
   prober keeps its schedule and recovers when the interface returns.
+
+`TcpProber` (health_check.kind = "tcp") is keepalived's TCP_CHECK on the same schedule and
+figures; its docstring says how it differs.
 """
 
 from __future__ import annotations
@@ -100,8 +103,9 @@ def _socket_for(loop: asyncio.AbstractEventLoop) -> _IcmpSocket:
     return s
 
 
-class Prober:
-    """Probes one tunnel every `interval` seconds; each answer or timeout is a ProbeResult."""
+class _Figures:
+    """What both probe kinds share: the target, the counters, the window and its figures, and
+    one result per probe, so the core and the metrics never know which kind ran."""
 
     def __init__(self, tunnel: TunnelKey, *, destination: str, source: str | None,
                  interface: str | None, interval: float, timeout: float,
@@ -113,16 +117,66 @@ class Prober:
         self.interval = interval
         self.timeout = timeout
         self.on_result = on_result
-        self.ident = next(_idents) & 0xFFFF
-        self.seq = 0
         self.sent = 0
         self.lost = 0
         self.window: deque[float | None] = deque(maxlen=WINDOW)   # rtt, or None for a loss
+        self._next: asyncio.TimerHandle | None = None
+        self._send_error: str | None = None
+
+    def _answered(self, rtt: float) -> None:
+        self.window.append(rtt)
+        self.on_result(ProbeResult(self.tunnel, True, rtt))
+
+    def _lost(self) -> None:
+        self.lost += 1
+        self.window.append(None)
+        self.on_result(ProbeResult(self.tunnel, False, None))
+
+    def _problem(self, error: str | None) -> None:
+        """Log a send problem once when it starts or changes and once when it clears: at 20
+        probes a second a dead interface must not write 20 lines a second."""
+        if error == self._send_error:
+            return
+        if error is None:
+            log.info("probe.send_recovered", tunnel=str(self.tunnel), interface=self.interface)
+        else:
+            log.warning("probe.send_failed", tunnel=str(self.tunnel), interface=self.interface,
+                        error=error)
+        self._send_error = error
+
+    # --- figures for status and metrics ----------------------------------------------------
+
+    @property
+    def loss_ratio(self) -> float:
+        return sum(1 for r in self.window if r is None) / len(self.window) if self.window else 0.0
+
+    @property
+    def rtt(self) -> float | None:
+        rtts = [r for r in self.window if r is not None]
+        return sum(rtts) / len(rtts) if rtts else None
+
+    @property
+    def jitter(self) -> float | None:
+        rtts = [r for r in self.window if r is not None]
+        if len(rtts) < 2:
+            return None
+        return sum(abs(a - b) for a, b in zip(rtts, rtts[1:])) / (len(rtts) - 1)
+
+
+class Prober(_Figures):
+    """Probes one tunnel with ICMP echo every `interval` seconds; each answer or timeout is a
+    ProbeResult."""
+
+    def __init__(self, tunnel: TunnelKey, *, destination: str, source: str | None,
+                 interface: str | None, interval: float, timeout: float,
+                 on_result: Callable[[ProbeResult], None]) -> None:
+        super().__init__(tunnel, destination=destination, source=source, interface=interface,
+                         interval=interval, timeout=timeout, on_result=on_result)
+        self.ident = next(_idents) & 0xFFFF
+        self.seq = 0
         self._outstanding: dict[int, float] = {}
         self._handles: dict[int, asyncio.TimerHandle] = {}
-        self._next: asyncio.TimerHandle | None = None
         self._icmp: _IcmpSocket | None = None
-        self._send_error: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -147,24 +201,6 @@ class Prober:
                 self._icmp.close()
             self._icmp = None
 
-    # --- figures for status and metrics ----------------------------------------------------
-
-    @property
-    def loss_ratio(self) -> float:
-        return sum(1 for r in self.window if r is None) / len(self.window) if self.window else 0.0
-
-    @property
-    def rtt(self) -> float | None:
-        rtts = [r for r in self.window if r is not None]
-        return sum(rtts) / len(rtts) if rtts else None
-
-    @property
-    def jitter(self) -> float | None:
-        rtts = [r for r in self.window if r is not None]
-        if len(rtts) < 2:
-            return None
-        return sum(abs(a - b) for a, b in zip(rtts, rtts[1:])) / (len(rtts) - 1)
-
     # --- the schedule ----------------------------------------------------------------------
 
     def _send(self) -> None:
@@ -186,14 +222,9 @@ class Prober:
                               struct.pack("=I4s4s", ifindex, spec, b"\0\0\0\0"))]
             self._icmp.sock.sendmsg([echo_request(self.ident, seq)], ancillary, 0,
                                    (self.destination, 0))
-            if self._send_error is not None:
-                log.info("probe.send_recovered", tunnel=str(self.tunnel), interface=self.interface)
-                self._send_error = None
+            self._problem(None)
         except OSError as exc:  # interface gone, no route, source not (yet) configured
-            if self._send_error != str(exc):
-                self._send_error = str(exc)
-                log.warning("probe.send_failed", tunnel=str(self.tunnel), interface=self.interface,
-                            error=str(exc))
+            self._problem(str(exc))
 
     def _reply(self, source: str, seq: int, now: float) -> None:
         if source != self.destination:
@@ -204,14 +235,10 @@ class Prober:
         handle = self._handles.pop(seq, None)
         if handle is not None:
             handle.cancel()
-        rtt = now - sent
-        self.window.append(rtt)
-        self.on_result(ProbeResult(self.tunnel, True, rtt))
+        self._answered(now - sent)
 
     def _expire(self, seq: int) -> None:
         self._handles.pop(seq, None)
         if self._outstanding.pop(seq, None) is None:
             return
-        self.lost += 1
-        self.window.append(None)
-        self.on_result(ProbeResult(self.tunnel, False, None))
+        self._lost()
