@@ -255,10 +255,12 @@ ROWS = [
     r("hc loss 101", {f"{C}.health_check.max_loss_percent": 101}, ERR,
       f"{C}.health_check.max_loss_percent"),
     r("hc kind icmp", {f"{C}.health_check.kind": "icmp"}),
-    r("hc kind tcp port 1", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": 1}),
+    r("hc kind tcp port 1", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": 1},
+      WARN, f"{C}.health_check.kind"),
     r("hc kind tcp port 65535", {f"{C}.health_check.kind": "tcp",
-                                 f"{C}.health_check.port": 65535}),
-    b("hc kind tcp bgp", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": 179}),
+                                 f"{C}.health_check.port": 65535}, WARN, f"{C}.health_check.kind"),
+    b("hc kind tcp bgp", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": 179},
+      WARN, f"{C}.health_check.kind"),
     r("hc kind bad", {f"{C}.health_check.kind": "http"}, ERR, f"{C}.health_check.kind"),
     r("hc kind upper", {f"{C}.health_check.kind": "TCP", f"{C}.health_check.port": 80}, ERR,
       f"{C}.health_check.kind"),
@@ -482,6 +484,8 @@ def test_health_kind_values_and_messages():
     assert [str(e) for e in errors] == [
         'connection[0].health_check.port: required when kind = "tcp" (the port the probe '
         'connects to)']
+    _, _, warnings = run(mutate(doc, f"{C}.routing", "policy"))   # not bound: no warning
+    assert keypath(f"{C}.health_check.kind") not in [w.path for w in warnings]
     _, errors, _ = run(mutate(route_config(), f"{C}.health_check.kind", "tpc"))
     assert str(errors[0]).endswith("is not one of icmp, tcp; did you mean 'tcp'?")
 

@@ -871,6 +871,11 @@ class _Loader:
         if hc.source is not None and local and not any(hc.source in n for n in local):
             self.warn(f"{hp}.source", f"{hc.source} is not inside local_networks: replies "
                       "may not come back through the tunnel")
+        if hc.kind == "tcp" and c.routing != "policy":
+            self.warn(f"{hp}.kind", "tcp probes are bound to each tunnel's interface, so the "
+                      "answer must come back through the same tunnel; a cloud that returns "
+                      "traffic through its active tunnel makes the standby look dead "
+                      "(use kind = \"icmp\" then)")
         if c.routing == "policy" and len(tunnels) > 1:
             self.policy_probe_rules(c, p)
 
