@@ -1,4 +1,5 @@
-"""ICMP health probes through each tunnel, with the cloud's semantics (interval, retries).
+"""Health probes through each tunnel, with the cloud's semantics (interval, retries): ICMP
+echo (`Prober`) or a TCP connect (`TcpProber`).
 
 Why it is built this way:
 - One raw ICMP socket per process, shared by every prober and dispatched by identifier: a
@@ -278,7 +279,11 @@ class TcpProber(_Figures):
       the far side answering via tun1, every probe timed out). Unbinding right after connect()
       would race the SYN-ACK (on veth it is processed before connect() returns). So in route
       and bgp modes the loader warns that a tcp probe needs a symmetric return path; a probe
-      without an interface (policy mode) accepts the answer from anywhere.
+      without an interface (policy mode) accepts the answer from anywhere. The way out of
+      the limit would be SO_MARK plus a per-tunnel `ip rule fwmark ... lookup <table>` whose
+      table routes via the tunnel: vpnd would then own policy-routing rules, not done here.
+    - With a timeout above 1 s the kernel may resend the SYN once (initial RTO 1 s), still
+      through the bound interface; the probe then measures the resent SYN, as keepalived's.
     """
 
     def __init__(self, tunnel: TunnelKey, *, destination: str, port: int, source: str | None,
