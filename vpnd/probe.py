@@ -282,7 +282,7 @@ class TcpProber(_Figures):
       without an interface (policy mode) accepts the answer from anywhere. The way out of
       the limit would be SO_MARK plus a per-tunnel `ip rule fwmark ... lookup <table>` whose
       table routes via the tunnel: vpnd would then own policy-routing rules, not done here.
-    - With a timeout above 1 s the kernel may resend the SYN once (initial RTO 1 s), still
+    - With a timeout above 1 s the kernel resends the SYN (at 1 s, 3 s, 7 s, ...), still
       through the bound interface; the probe then measures the resent SYN, as keepalived's.
     """
 
