@@ -254,6 +254,28 @@ ROWS = [
     r("hc loss 100", {f"{C}.health_check.max_loss_percent": 100}),
     r("hc loss 101", {f"{C}.health_check.max_loss_percent": 101}, ERR,
       f"{C}.health_check.max_loss_percent"),
+    r("hc kind icmp", {f"{C}.health_check.kind": "icmp"}),
+    r("hc kind tcp port 1", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": 1},
+      WARN, f"{C}.health_check.kind"),
+    r("hc kind tcp port 65535", {f"{C}.health_check.kind": "tcp",
+                                 f"{C}.health_check.port": 65535}, WARN, f"{C}.health_check.kind"),
+    b("hc kind tcp bgp", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": 179},
+      WARN, f"{C}.health_check.kind"),
+    r("hc kind bad", {f"{C}.health_check.kind": "http"}, ERR, f"{C}.health_check.kind"),
+    r("hc kind upper", {f"{C}.health_check.kind": "TCP", f"{C}.health_check.port": 80}, ERR,
+      f"{C}.health_check.kind"),
+    r("hc tcp without port", {f"{C}.health_check.kind": "tcp"}, ERR, f"{C}.health_check.port"),
+    r("hc port with icmp", {f"{C}.health_check.port": 80}, ERR, f"{C}.health_check.port"),
+    r("hc port with kind icmp", {f"{C}.health_check.kind": "icmp", f"{C}.health_check.port": 80},
+      ERR, f"{C}.health_check.port"),
+    r("hc port 0", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": 0}, ERR,
+      f"{C}.health_check.port"),
+    r("hc port 65536", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": 65536}, ERR,
+      f"{C}.health_check.port"),
+    r("hc port string", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": "80"}, ERR,
+      f"{C}.health_check.port"),
+    r("hc port bool", {f"{C}.health_check.kind": "tcp", f"{C}.health_check.port": True}, ERR,
+      f"{C}.health_check.port"),
     # --- failover ---
     r("preempt off", {f"{C}.failover.preempt": False}),
     r("preempt_delay 0", {f"{C}.failover.preempt_delay": 0}),
@@ -449,6 +471,23 @@ def test_defaults_by_position():
     assert c.local_networks == (ipaddress.IPv4Network("172.16.0.0/16"),)
     assert c.bgp is None and c.dpd_delay == 10 and c.nat_traversal is True
     assert c.health_check.interval == 3.0 and c.health_check.retries == 3
+
+
+def test_health_kind_values_and_messages():
+    hc = load_text(dumps(route_config())).connections[0].health_check
+    assert (hc.kind, hc.port) == ("icmp", None)
+    doc = mutate(mutate(route_config(), f"{C}.health_check.kind", "tcp"),
+                 f"{C}.health_check.port", 443)
+    hc = load_text(dumps(doc)).connections[0].health_check
+    assert (hc.kind, hc.port) == ("tcp", 443)
+    _, errors, _ = run(mutate(route_config(), f"{C}.health_check.kind", "tcp"))
+    assert [str(e) for e in errors] == [
+        'connection[0].health_check.port: required when kind = "tcp" (the port the probe '
+        'connects to)']
+    _, _, warnings = run(mutate(doc, f"{C}.routing", "policy"))   # not bound: no warning
+    assert keypath(f"{C}.health_check.kind") not in [w.path for w in warnings]
+    _, errors, _ = run(mutate(route_config(), f"{C}.health_check.kind", "tpc"))
+    assert str(errors[0]).endswith("is not one of icmp, tcp; did you mean 'tcp'?")
 
 
 def test_ike_ids_are_tunnel_defaults():

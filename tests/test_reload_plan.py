@@ -41,6 +41,13 @@ def test_probe_interval_restarts_probes_and_spares_charon():
     assert not p.connections[0].routes
 
 
+def test_probe_kind_restarts_probes():
+    c = connection()
+    new = replace(c, health_check=replace(c.health_check, kind="tcp", port=443))
+    t = tunnels(reload.plan(config(c), config(new)))
+    assert all(x.probe and not x.charon and not x.link for x in t.values())
+
+
 def test_failover_timer_touches_nothing_but_the_core():
     c = connection()
     new = replace(c, failover=replace(c.failover, preempt_delay=30.0))

@@ -307,7 +307,7 @@ class Daemon:
                 self.start_probe(E.TunnelKey(conn.name, t.name))
 
     def start_probe(self, key: E.TunnelKey) -> None:
-        from vpnd.probe import Prober
+        from vpnd.probe import Prober, TcpProber
 
         conn = next((c for c in self.config.connections if c.name == key.connection), None)
         t = next((t for t in conn.tunnels if t.name == key.tunnel), None) if conn else None
@@ -315,11 +315,13 @@ class Daemon:
             return
         hc = conn.health_check
         # policy mode: each tunnel's own probe path (both carry the same flows)
-        p = Prober(key, destination=str(t.probe_destination or hc.destination),
-                   source=str(t.probe_source or hc.source),
-                   interface=t.interface if conn.routing != "policy" else None,
-                   interval=hc.interval, timeout=hc.timeout or hc.interval,
-                   on_result=self._from_probe)
+        target: dict[str, Any] = dict(
+            destination=str(t.probe_destination or hc.destination),
+            source=str(t.probe_source or hc.source),
+            interface=t.interface if conn.routing != "policy" else None,
+            interval=hc.interval, timeout=hc.timeout or hc.interval, on_result=self._from_probe)
+        p: Prober | TcpProber = (TcpProber(key, port=hc.port, **target) if hc.kind == "tcp"
+                                 else Prober(key, **target))
         p.start()
         self.probes[key] = p
 

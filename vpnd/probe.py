@@ -1,4 +1,5 @@
-"""ICMP health probes through each tunnel, with the cloud's semantics (interval, retries).
+"""Health probes through each tunnel, with the cloud's semantics (interval, retries): ICMP
+echo (`Prober`) or a TCP connect (`TcpProber`).
 
 Why it is built this way:
 - One raw ICMP socket per process, shared by every prober and dispatched by identifier: a
@@ -11,11 +12,15 @@ Why it is built this way:
   than a dependency (icmplib builds the same packets but owns its sockets and loop).
 - A missing interface (deleted, not yet re-created) is a lost probe, never an exception: the
   prober keeps its schedule and recovers when the interface returns.
+
+`TcpProber` (health_check.kind = "tcp") is keepalived's TCP_CHECK on the same schedule and
+figures; its docstring says how it differs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import socket
@@ -30,6 +35,7 @@ log = logs.get("vpnd.probe")
 
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 WINDOW = 20                                   # probes kept for loss/RTT/jitter figures
 
 
@@ -100,8 +106,9 @@ def _socket_for(loop: asyncio.AbstractEventLoop) -> _IcmpSocket:
     return s
 
 
-class Prober:
-    """Probes one tunnel every `interval` seconds; each answer or timeout is a ProbeResult."""
+class _Figures:
+    """What both probe kinds share: the target, the counters, the window and its figures, and
+    one result per probe, so the core and the metrics never know which kind ran."""
 
     def __init__(self, tunnel: TunnelKey, *, destination: str, source: str | None,
                  interface: str | None, interval: float, timeout: float,
@@ -113,16 +120,66 @@ class Prober:
         self.interval = interval
         self.timeout = timeout
         self.on_result = on_result
-        self.ident = next(_idents) & 0xFFFF
-        self.seq = 0
         self.sent = 0
         self.lost = 0
         self.window: deque[float | None] = deque(maxlen=WINDOW)   # rtt, or None for a loss
+        self._next: asyncio.TimerHandle | None = None
+        self._send_error: str | None = None
+
+    def _answered(self, rtt: float) -> None:
+        self.window.append(rtt)
+        self.on_result(ProbeResult(self.tunnel, True, rtt))
+
+    def _lost(self) -> None:
+        self.lost += 1
+        self.window.append(None)
+        self.on_result(ProbeResult(self.tunnel, False, None))
+
+    def _problem(self, error: str | None, what: str = "send") -> None:
+        """Log a problem once when it starts or changes and once when it clears: at 20 probes
+        a second a dead interface must not write 20 lines a second."""
+        if error == self._send_error:
+            return
+        if error is None:
+            log.info(f"probe.{what}_recovered", tunnel=str(self.tunnel), interface=self.interface)
+        else:
+            log.warning(f"probe.{what}_failed", tunnel=str(self.tunnel), interface=self.interface,
+                        error=error)
+        self._send_error = error
+
+    # --- figures for status and metrics ----------------------------------------------------
+
+    @property
+    def loss_ratio(self) -> float:
+        return sum(1 for r in self.window if r is None) / len(self.window) if self.window else 0.0
+
+    @property
+    def rtt(self) -> float | None:
+        rtts = [r for r in self.window if r is not None]
+        return sum(rtts) / len(rtts) if rtts else None
+
+    @property
+    def jitter(self) -> float | None:
+        rtts = [r for r in self.window if r is not None]
+        if len(rtts) < 2:
+            return None
+        return sum(abs(a - b) for a, b in zip(rtts, rtts[1:])) / (len(rtts) - 1)
+
+
+class Prober(_Figures):
+    """Probes one tunnel with ICMP echo every `interval` seconds; each answer or timeout is a
+    ProbeResult."""
+
+    def __init__(self, tunnel: TunnelKey, *, destination: str, source: str | None,
+                 interface: str | None, interval: float, timeout: float,
+                 on_result: Callable[[ProbeResult], None]) -> None:
+        super().__init__(tunnel, destination=destination, source=source, interface=interface,
+                         interval=interval, timeout=timeout, on_result=on_result)
+        self.ident = next(_idents) & 0xFFFF
+        self.seq = 0
         self._outstanding: dict[int, float] = {}
         self._handles: dict[int, asyncio.TimerHandle] = {}
-        self._next: asyncio.TimerHandle | None = None
         self._icmp: _IcmpSocket | None = None
-        self._send_error: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -147,24 +204,6 @@ class Prober:
                 self._icmp.close()
             self._icmp = None
 
-    # --- figures for status and metrics ----------------------------------------------------
-
-    @property
-    def loss_ratio(self) -> float:
-        return sum(1 for r in self.window if r is None) / len(self.window) if self.window else 0.0
-
-    @property
-    def rtt(self) -> float | None:
-        rtts = [r for r in self.window if r is not None]
-        return sum(rtts) / len(rtts) if rtts else None
-
-    @property
-    def jitter(self) -> float | None:
-        rtts = [r for r in self.window if r is not None]
-        if len(rtts) < 2:
-            return None
-        return sum(abs(a - b) for a, b in zip(rtts, rtts[1:])) / (len(rtts) - 1)
-
     # --- the schedule ----------------------------------------------------------------------
 
     def _send(self) -> None:
@@ -186,14 +225,9 @@ class Prober:
                               struct.pack("=I4s4s", ifindex, spec, b"\0\0\0\0"))]
             self._icmp.sock.sendmsg([echo_request(self.ident, seq)], ancillary, 0,
                                    (self.destination, 0))
-            if self._send_error is not None:
-                log.info("probe.send_recovered", tunnel=str(self.tunnel), interface=self.interface)
-                self._send_error = None
+            self._problem(None)
         except OSError as exc:  # interface gone, no route, source not (yet) configured
-            if self._send_error != str(exc):
-                self._send_error = str(exc)
-                log.warning("probe.send_failed", tunnel=str(self.tunnel), interface=self.interface,
-                            error=str(exc))
+            self._problem(str(exc))
 
     def _reply(self, source: str, seq: int, now: float) -> None:
         if source != self.destination:
@@ -204,14 +238,141 @@ class Prober:
         handle = self._handles.pop(seq, None)
         if handle is not None:
             handle.cancel()
-        rtt = now - sent
-        self.window.append(rtt)
-        self.on_result(ProbeResult(self.tunnel, True, rtt))
+        self._answered(now - sent)
 
     def _expire(self, seq: int) -> None:
         self._handles.pop(seq, None)
         if self._outstanding.pop(seq, None) is None:
             return
-        self.lost += 1
-        self.window.append(None)
-        self.on_result(ProbeResult(self.tunnel, False, None))
+        self._lost()
+
+
+class _Attempt:
+    """One TCP probe in flight: its own socket, when it was sent, its timeout."""
+
+    __slots__ = ("sock", "sent", "timer")
+
+    def __init__(self, sock: socket.socket, sent: float) -> None:
+        self.sock = sock
+        self.sent = sent
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class TcpProber(_Figures):
+    """Probes one tunnel with a TCP connect to destination:port, like keepalived's TCP_CHECK:
+    answered when the connection is established (RTT = time to establish it), lost at once on
+    a refusal (RST or ICMP unreachable: the path works but the service is not there, and the
+    operator asked for the service), lost after `timeout` on silence.
+
+    Why it is built this way:
+    - A socket per attempt: a non-blocking connect watched with `loop.add_writer`, aborted with
+      an RST (SO_LINGER 0) the moment it is established. Nothing is sent on the connection and
+      nothing lingers in TIME_WAIT (probes every 50 ms would hold ~1200 sockets per tunnel).
+      A fresh socket per attempt also makes interface deletion a plain lost probe (ENODEV).
+    - IP_BIND_ADDRESS_NO_PORT with the source bind: the port is chosen at connect for the
+      4-tuple, so fast probes do not use up the ephemeral ports bind() would reserve.
+    - Egress through the tunnel by SO_BINDTODEVICE, the one way to steer a TCP connect: there
+      is no per-packet IP_PKTINFO for TCP and connect ignores IP_UNICAST_IF (measured: it
+      routes as if unset). It is *not* free of the problem that made the ICMP prober avoid it:
+      the kernel matches a SYN-ACK only to a socket bound to the interface it arrived on, so
+      the answer must come back through the same tunnel (measured on veth: bound to tun2 with
+      the far side answering via tun1, every probe timed out). Unbinding right after connect()
+      would race the SYN-ACK (on veth it is processed before connect() returns). So in route
+      and bgp modes the loader warns that a tcp probe needs a symmetric return path; a probe
+      without an interface (policy mode) accepts the answer from anywhere. The way out of
+      the limit would be SO_MARK plus a per-tunnel `ip rule fwmark ... lookup <table>` whose
+      table routes via the tunnel: vpnd would then own policy-routing rules, not done here.
+    - With a timeout above 1 s the kernel resends the SYN (at 1 s, 3 s, 7 s, ...), still
+      through the bound interface; the probe then measures the resent SYN, as keepalived's.
+    """
+
+    def __init__(self, tunnel: TunnelKey, *, destination: str, port: int, source: str | None,
+                 interface: str | None, interval: float, timeout: float,
+                 on_result: Callable[[ProbeResult], None]) -> None:
+        super().__init__(tunnel, destination=destination, source=source, interface=interface,
+                         interval=interval, timeout=timeout, on_result=on_result)
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._attempts: set[_Attempt] = set()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._next = self._loop.call_soon(self._send)
+
+    async def stop(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+        for attempt in list(self._attempts):
+            self._finish(attempt)
+        self._loop = None
+
+    def _open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET,
+                             socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if self.interface:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                self.interface.encode())
+            if self.source:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.source, 0))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _send(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        self._next = loop.call_at(now + self.interval, self._send)
+        self.sent += 1
+        try:
+            sock = self._open()     # interface gone (ENODEV), source not configured, EMFILE
+        except OSError as exc:
+            self._problem(str(exc), "connect")
+            self._lost()
+            return
+        err = sock.connect_ex((self.destination, self.port))
+        if err != errno.EINPROGRESS:            # at once: no route, refused locally, ...
+            sock.close()
+            if err:
+                self._problem(f"[Errno {err}] {os.strerror(err)}", "connect")
+                self._lost()
+            else:
+                self._problem(None, "connect")
+                self._answered(loop.time() - now)
+            return
+        attempt = _Attempt(sock, now)
+        attempt.timer = loop.call_at(now + self.timeout, self._expire, attempt)
+        loop.add_writer(sock.fileno(), self._connected, attempt)
+        self._attempts.add(attempt)
+
+    def _finish(self, attempt: _Attempt) -> None:
+        """Forget and close an attempt (the writer goes before the fd can be reused)."""
+        assert self._loop is not None
+        self._attempts.discard(attempt)
+        self._loop.remove_writer(attempt.sock.fileno())
+        if attempt.timer is not None:
+            attempt.timer.cancel()
+        attempt.sock.close()               # SO_LINGER 0: an RST, no FIN handshake
+
+    def _connected(self, attempt: _Attempt) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        err = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._finish(attempt)
+        if err == 0:
+            self._problem(None, "connect")
+            self._answered(now - attempt.sent)
+        else:
+            self._problem(f"[Errno {err}] {os.strerror(err)}", "connect")
+            self._lost()
+
+    def _expire(self, attempt: _Attempt) -> None:
+        if attempt not in self._attempts:
+            return
+        attempt.timer = None
+        self._finish(attempt)
+        self._lost()

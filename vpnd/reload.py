@@ -58,7 +58,7 @@ def _probe_spec(conn: ConnectionConfig, t: TunnelConfig) -> tuple | None:
     if hc is None:
         return None
     return (str(hc.destination), str(hc.source), t.interface if conn.routing != "policy" else None,
-            hc.interval, hc.timeout or hc.interval)
+            hc.interval, hc.timeout or hc.interval, hc.kind, hc.port)
 
 
 def _link_spec(conn: ConnectionConfig, t: TunnelConfig) -> tuple | None:

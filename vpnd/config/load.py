@@ -52,7 +52,7 @@ IKE_KEYS = (
 IPSEC_KEYS = ("encryption", "integrity", "pfs_group", "lifetime")
 HEALTH_KEYS = (
     "destination", "source", "interval", "retries", "switch_route", "timeout", "max_rtt_ms",
-    "max_loss_percent",
+    "max_loss_percent", "kind", "port",
 )
 FAILOVER_KEYS = ("preempt", "preempt_delay", "hold_down", "max_switches_per_minute", "both_down")
 BGP_KEYS = (
@@ -466,7 +466,13 @@ class _Loader:
                                    lo_open=True),
             max_loss_percent=self.number(d, "max_loss_percent", f"{p}.max_loss_percent", None,
                                          0.0, 100.0),
+            kind=self.string(d, "kind", f"{p}.kind", "icmp", rules.HEALTH_KINDS),
+            port=self.integer(d, "port", f"{p}.port", None, rules.PORT_MIN, rules.PORT_MAX),
         )
+        if hc.kind is not None and (hc.port is not None or "port" not in d):
+            problem = rules.health_port_problem(hc.kind, hc.port)
+            if problem:
+                self.error(f"{p}.port", problem)
         if hc.timeout is not None and hc.interval is not None and hc.timeout > hc.interval:
             self.warn(f"{p}.timeout", f"timeout {hc.timeout:g} s is longer than interval "
                       f"{hc.interval:g} s: probes overlap and a failure is seen late")
@@ -865,6 +871,11 @@ class _Loader:
         if hc.source is not None and local and not any(hc.source in n for n in local):
             self.warn(f"{hp}.source", f"{hc.source} is not inside local_networks: replies "
                       "may not come back through the tunnel")
+        if hc.kind == "tcp" and c.routing != "policy":
+            self.warn(f"{hp}.kind", "tcp probes are bound to each tunnel's interface, so the "
+                      "answer must come back through the same tunnel; a cloud that returns "
+                      "traffic through its active tunnel makes the standby look dead "
+                      "(use kind = \"icmp\" then)")
         if c.routing == "policy" and len(tunnels) > 1:
             self.policy_probe_rules(c, p)
 

@@ -19,6 +19,7 @@ Routing = Literal["route", "policy", "bgp"]
 Standby = Literal["prepend", "ecmp"]
 BothDown = Literal["keep", "withdraw"]
 InterfaceKind = Literal["xfrm", "existing"]
+HealthKind = Literal["icmp", "tcp"]
 
 # The route protocol number vpnd stamps on the routes it owns (ip route ... proto 249), so it
 # recognises them after a restart and never touches anyone else's.
@@ -82,7 +83,7 @@ class IpsecConfig:
 
 @dataclass(frozen=True)
 class HealthCheckConfig:
-    """ICMP probes through each tunnel, with the cloud's semantics (interval, retries)."""
+    """ICMP (or TCP-connect) probes through each tunnel, with the cloud's semantics."""
 
     destination: IPv4Address
     source: IPv4Address
@@ -92,6 +93,8 @@ class HealthCheckConfig:
     timeout: float | None = None                # per probe; None means `interval`
     max_rtt_ms: float | None = None             # optional latency threshold
     max_loss_percent: float | None = None       # optional loss threshold over the window
+    kind: HealthKind = "icmp"                   # "tcp": a connect to `port`, keepalived-style
+    port: int | None = None                     # required for tcp, rejected for icmp
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,17 @@ def tunnel_host_problem(ip: ipaddress.IPv4Address, net: ipaddress.IPv4Network) -
 HEALTH_INTERVAL_MIN = 0.05          # seconds; faster floods the tunnel for no benefit
 HEALTH_INTERVAL_MAX = 3600.0
 HEALTH_RETRIES_MIN, HEALTH_RETRIES_MAX = 1, 100
+HEALTH_KINDS = ("icmp", "tcp")      # echo request, or a TCP connect like keepalived's TCP_CHECK
+PORT_MIN, PORT_MAX = 1, 65535
+
+
+def health_port_problem(kind: str, port: int | None) -> str | None:
+    """A TCP probe connects to a port; an ICMP probe has none, so a port there is a mistake."""
+    if kind == "tcp" and port is None:
+        return "required when kind = \"tcp\" (the port the probe connects to)"
+    if kind == "icmp" and port is not None:
+        return "only for kind = \"tcp\"; ICMP probes have no port (remove it or set kind)"
+    return None
 BOTH_DOWN = ("keep", "withdraw")
 
 # --- Connection ------------------------------------------------------------------------------
