@@ -48,6 +48,13 @@ def test_probe_kind_restarts_probes():
     assert all(x.probe and not x.charon and not x.link for x in t.values())
 
 
+def test_a_tunnels_own_probe_path_restarts_only_its_probe():
+    c = connection()
+    new = with_tunnel(c, "t2", probe_destination=ipaddress.IPv4Address("10.0.0.2"))
+    t = tunnels(reload.plan(config(c), config(new)))
+    assert t["c/t2"].probe and not t["c/t1"].probe
+
+
 def test_failover_timer_touches_nothing_but_the_core():
     c = connection()
     new = replace(c, failover=replace(c.failover, preempt_delay=30.0))

@@ -57,7 +57,9 @@ def _probe_spec(conn: ConnectionConfig, t: TunnelConfig) -> tuple | None:
     hc = conn.health_check
     if hc is None:
         return None
-    return (str(hc.destination), str(hc.source), t.interface if conn.routing != "policy" else None,
+    # what the tunnel's prober is built from (daemon.start_probe), per-tunnel paths included
+    return (str(t.probe_destination or hc.destination), str(t.probe_source or hc.source),
+            t.interface if conn.routing != "policy" else None,
             hc.interval, hc.timeout or hc.interval, hc.kind, hc.port)
 
 
