@@ -38,8 +38,11 @@ class Pinger:
 
 
 def parse(output: str, interval: float) -> PingReport:
-    """The outage is the longest run of unanswered sequence numbers (including a trailing
-    one), converted to time at the rate ping really sent at."""
+    """The outage is the longest time without an answer. Between two answers it is their
+    timestamps' distance less one send interval: iputils ping slows down while its packets go
+    unanswered (about 60/s instead of 100/s at -i 0.01), so counting lost sequence numbers
+    would under-state long outages. An unanswered run before the first or after the last
+    answer has no closing timestamp: it is counted in sequence numbers at the rate ping sent."""
     got: dict[int, float] = {}
     for line in output.splitlines():
         m = _REPLY.match(line)
@@ -47,13 +50,11 @@ def parse(output: str, interval: float) -> PingReport:
             got[int(m.group(2))] = float(m.group(1))
     m = re.search(r"(\d+) packets transmitted", output)
     sent = int(m.group(1)) if m else (max(got) if got else 0)
-    if len(got) >= 2:
-        first, last = min(got), max(got)
-        period = (got[last] - got[first]) / (last - first) if last > first else interval
-    else:
-        period = interval
-    longest, run = 0, 0
-    for seq in range(1, sent + 1):
-        run = 0 if seq in got else run + 1
-        longest = max(longest, run)
-    return PingReport(sent, len(got), round(longest * period * 1000, 1))
+    if not got:
+        return PingReport(sent, 0, round(sent * interval * 1000, 1))
+    seqs = sorted(got)
+    first, last = seqs[0], seqs[-1]
+    period = (got[last] - got[first]) / (last - first) if last > first else interval
+    longest = max([0.0] + [got[b] - got[a] - interval for a, b in zip(seqs, seqs[1:]) if b - a > 1])
+    edges = max(first - 1, sent - last) * period
+    return PingReport(sent, len(got), round(max(longest, edges, 0.0) * 1000, 1))
