@@ -19,15 +19,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import threading
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 from lab_fixtures import RunningLab, lab_skip_reason
+from route_watch import RouteMonitor, metric
 
 from vpnd.lab import faults, scenario
 from vpnd.lab.cli import active_interface, both_established, native_supported, vpnd_routes, wait_until
@@ -40,7 +38,7 @@ PREEMPT_DELAY = 5.0
 OPTS = scenario.Options(backend="native", interval=0.25, timeout=1.0, retries=3, preempt_delay=PREEMPT_DELAY)
 # The slowest a probe-based failover may legitimately take: `retries` intervals plus one timeout.
 PROBE_BUDGET = OPTS.retries * OPTS.interval + (OPTS.timeout or OPTS.interval)
-VPC_NET = "192.168.0.0/16"
+VPC_NET = RouteMonitor.VPC_NET
 FIGURES: dict[str, float] = {}
 
 
@@ -49,54 +47,6 @@ def record(**figures: float) -> None:
     path = os.environ.get("VPND_GUEST_FIGURES")
     if path:
         Path(path).write_text(json.dumps(FIGURES, indent=1, sort_keys=True))
-
-
-class RouteMonitor:
-    """`ip -ts monitor route` in a namespace: every route change the kernel announces, with
-    its timestamp. A sentinel route proves the monitor is listening before the test acts."""
-
-    SENTINEL = "203.0.113.77/32"
-
-    def __init__(self, lab: Lab, role: str = "cgw") -> None:
-        self.lab, self.role = lab, role
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(["ip", "-n", lab.ns(role), "-ts", "monitor", "route"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        lab.ip(role, "route", "add", self.SENTINEL, "dev", "lo")
-        lab.ip(role, "route", "del", self.SENTINEL, "dev", "lo")
-        wait_until("ip monitor listening", lambda: any(self.SENTINEL.split("/")[0] in l for l in self.lines),
-                   30, interval=0.01)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def stop(self) -> list[str]:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=10)
-        return self.vpc_lines()
-
-    def vpc_lines(self) -> list[str]:
-        """The events about the remote network (the sentinel and others are ignored)."""
-        return [l for l in self.lines if VPC_NET in l]
-
-    @staticmethod
-    def stamp(line: str) -> float:
-        """`[2026-11-23T12:34:56.123456] Deleted ...` -> seconds since the epoch."""
-        return datetime.fromisoformat(line[1:line.index("]")]).timestamp()
-
-
-def metric(lab: Lab, name: str) -> float:
-    """A series' value from vpnd's Prometheus endpoint (it listens inside cgw)."""
-    text = lab.exec("cgw", "curl", "-s", "--max-time", "10", "http://127.0.0.1:9456/metrics").stdout
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in vpnd's metrics")
 
 
 def tx_packets(lab: Lab, dev: str) -> int:
