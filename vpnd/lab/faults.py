@@ -22,6 +22,15 @@ def blackhole(lab: Lab, tunnel: int, backend: str) -> None:
         lab.exec("cloud", "nft", "add", "rule", "ip", "vpndlab", "blackhole", *rule.split())
 
 
+def peer_unreachable(lab: Lab, tunnel: int) -> None:
+    """The cloud's address of tunnel n stops answering: IKE and ESP of that tunnel dropped both
+    ways (the other tunnel is untouched). Unlike `blackhole`, DPD can notice this one: it is
+    the vendor procedure's best case (bench/failover.py --baseline)."""
+    addr = lab.plan.cloud_wan[tunnel]
+    for rule in (f"ip daddr {addr} drop", f"ip saddr {addr} drop"):
+        lab.exec("cloud", "nft", "add", "rule", "ip", "vpndlab", "blackhole", *rule.split())
+
+
 def repair(lab: Lab) -> None:
     lab.exec("cloud", "nft", "flush", "chain", "ip", "vpndlab", "blackhole")
 
