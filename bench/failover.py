@@ -92,8 +92,8 @@ def measure_vpnd(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     wait_until("route on tunnel 1", lambda: active_interface(lab) == ifs[0], 30 * slow)
     pinger = Pinger(lab, duration=60 * slow)
     time.sleep(1.0)
-    fault_wall = time.time()
     inject(lab, fault, opts.backend)
+    fault_wall = time.time()        # the fault is in place (one nft transaction) from here
     wait_until("failover", lambda: active_interface(lab) == ifs[1], 30 * slow, interval=0.002)
     time.sleep(0.5 * slow)
     report = pinger.stop()
@@ -172,8 +172,8 @@ def measure_baseline(lab: Lab, config: Config, opts: scenario.Options, fault: st
     tunnel1 = scenario.tunnel_ifname(opts.backend, 0)
     pinger = Pinger(lab, duration=cap + 60)
     time.sleep(1.0)
-    t0 = time.monotonic()
     inject(lab, fault, opts.backend)
+    t0 = time.monotonic()
     capped = False
     try:
         wait_until("DPD: tunnel 1's route removed", lambda: metric_routes(lab, net).get(100) != tunnel1, cap,
