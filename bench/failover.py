@@ -181,10 +181,16 @@ def measure_baseline(lab: Lab, config: Config, opts: scenario.Options, fault: st
     except LabError:
         capped = True
     detection = time.monotonic() - t0
-    time.sleep(1.0)
+    moved = time.time()
+    resumed = True
+    try:
+        wait_until("LAN->VPC answered again", lambda: (pinger.last_answer() or 0) > moved, 15, interval=0.05)
+    except LabError:
+        resumed = False         # the outage then runs until the pinger stops, and says so
+    time.sleep(0.5)
     report = pinger.stop()
     return {"baseline_outage_ms": report.outage_ms, "baseline_detection_ms": round(detection * 1000, 1),
-            "baseline_capped": capped}
+            "baseline_capped": capped, "baseline_resumed": resumed}
 
 
 def one_run(opts: scenario.Options, *, fault: str, baseline: bool, baseline_fault: str, cap: float) -> dict:
@@ -211,6 +217,7 @@ def summarize(runs: list[dict], args: argparse.Namespace, opts: scenario.Options
             "baseline_outage_ms": round(statistics.median(r["baseline_outage_ms"] for r in base), 1),
             "baseline_detection_ms": round(statistics.median(r["baseline_detection_ms"] for r in base), 1),
             "baseline_capped": any(r["baseline_capped"] for r in base), "baseline_cap_s": args.baseline_cap,
+            "baseline_resumed": all(r["baseline_resumed"] for r in base),
             "baseline_fault": args.baseline_fault, "baseline_runs": len(base), "baseline_dpd_delay_s": opts.dpd_delay,
         })
         out["outage_ratio_to_baseline"] = round(out["outage_ms"] / out["baseline_outage_ms"], 4) \

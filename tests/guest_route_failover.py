@@ -157,7 +157,7 @@ def test_vpnd_sigkilled_and_restarted_changes_no_route(rl):
     record(restart_to_adopted_s=time.monotonic() - t0)
     assert adopted["active"] == "tunnel1" and adopted["routes"] == 2, adopted
     # Let the new vpnd see both tunnels and run several probe budgets: nothing may move.
-    time.sleep(max(3.0, 3 * PROBE_BUDGET))
+    time.sleep(2 * PROBE_BUDGET)
     changes = mon.stop()
     assert changes == [], f"route changes while vpnd was away or after it came back: {changes}"
     assert vpnd_routes(lab) == before
