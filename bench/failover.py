@@ -196,7 +196,8 @@ def measure_baseline(lab: Lab, config: Config, opts: scenario.Options, fault: st
         capped = True
     detection = time.monotonic() - t0
     moved = time.time()
-    end, deadline = None, time.monotonic() + 15
+    # At the cap nothing moved: the outage is (at least) the time waited, no more waiting.
+    end, deadline = None, time.monotonic() + (0 if capped else 15)
     while end is None and time.monotonic() < deadline:
         end = answered_again(lab, pinger, moved)
     report = pinger.stop()
