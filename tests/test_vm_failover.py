@@ -33,12 +33,19 @@ def guest_run(tmp_path_factory):
         pytest.skip("the vm backend needs root")
     kernel = vm.ensure_guest_kernel()
     out = tmp_path_factory.mktemp("failover")
-    env = dict(vm.project_env(ROOT), VPND_LAB_ROOT="/dev/shm/vpnd-lab", VPND_LAB_EMULATED="1",
-               VPND_TEST_LOGS=str(out / "logs"), VPND_GUEST_FIGURES=str(out / "figures.json"))
-    cmd = shlex.join(["python", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "lab",
-                      "-o", "addopts=", "--durations=0", GUEST_FILE, f"--junitxml={out}/junit.xml"])
+    # The command travels on the guest kernel's command line (2048 bytes on x86, silently
+    # truncated: the guest then hangs at boot), so the long part goes in a script on the rwdir.
+    # Unbuffered and verbose, with faulthandler's stack dump for a stuck test: if the guest
+    # times out, its partial output says how far it got.
+    env = {"VPND_LAB_ROOT": "/dev/shm/vpnd-lab", "VPND_LAB_EMULATED": "1", "PYTHONUNBUFFERED": "1",
+           "VPND_TEST_LOGS": str(out / "logs"), "VPND_GUEST_FIGURES": str(out / "figures.json")}
+    script = out / "guest.sh"
+    script.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()) + "echo GUEST-UP\n" + shlex.join([
+        "exec", "python", "-m", "pytest", "-p", "no:cacheprovider", "-v", "-m", "lab", "-o", "addopts=",
+        "-o", "faulthandler_timeout=240", "--durations=0", GUEST_FILE, f"--junitxml={out}/junit.xml"]) + "\n")
     started = time.monotonic()
-    result = vm.run_in_guest(cmd, timeout=480, env=env, rwdirs=[out], cwd=ROOT, kernel=kernel)
+    result = vm.run_in_guest(f"sh {script}", timeout=480, env=vm.project_env(ROOT), rwdirs=[out], cwd=ROOT,
+                             kernel=kernel)
     print(f"\nfailover scenarios in one guest: {time.monotonic() - started:.1f} s wall")
     if "slowest durations" in result.output:
         table = result.output.split("slowest durations", 1)[1].split("\n", 1)[-1]
