@@ -6,6 +6,7 @@ import signal
 import time
 
 import pytest
+from route_watch import RouteMonitor, metric
 
 from vpnd.lab import faults
 from vpnd.lab.cli import active_interface, both_established, vpnd_routes, wait_until
@@ -56,9 +57,16 @@ def test_ike_sa_killed_switches_at_once(make_lab):
 def test_a_deleted_route_is_restored_and_counted(make_lab):
     lab = make_lab()
     ready(lab)
+    mon = RouteMonitor(lab.lab)
     lab.lab.ip("cgw", "route", "del", "192.168.0.0/16", "metric", "100")
     wait_until("route restored", lambda: active_interface(lab.lab) == "vxlan1", 5, interval=0.002)
     lab.wait_event("routes.restored")
+    lines = mon.stop()
+    deleted = next(l for l in lines if "Deleted" in l and "metric 100" in l)
+    readded = next(l for l in lines[lines.index(deleted) + 1:] if "Deleted" not in l and "metric 100" in l)
+    # The kernel's own timestamps: back within milliseconds (bound generous for a loaded CI box).
+    assert RouteMonitor.stamp(readded) - RouteMonitor.stamp(deleted) < 0.1, lines
+    assert metric(lab.lab, "vpnd_route_repairs_total") == 1
     ping = lab.lab.exec("lan", "ping", "-c", "3", "-i", "0.05", "-W", "1", lab.lab.plan.vpc_host, check=False)
     assert ping.returncode == 0
 
@@ -68,6 +76,7 @@ def test_vpnd_sigkilled_and_restarted_changes_no_route(make_lab):
     ready(lab)
     before = vpnd_routes(lab.lab)
     writes_before = len(lab.events("routes.switched"))
+    mon = RouteMonitor(lab.lab)
     lab.stop_vpnd(sig=signal.SIGKILL)
     assert vpnd_routes(lab.lab) == before, "routes stay while vpnd is away"
     lab.start_vpnd()
@@ -75,6 +84,7 @@ def test_vpnd_sigkilled_and_restarted_changes_no_route(make_lab):
     adopted = lab.events("routes.adopted")[1]
     assert adopted["active"] == "tunnel1" and adopted["routes"] == 2
     time.sleep(1.5)     # let the restarted vpnd probe and decide; nothing may move
+    assert mon.stop() == [], "the kernel saw no change to the remote network's routes"
     assert vpnd_routes(lab.lab) == before
     assert len(lab.events("routes.switched")) == writes_before, (
         "no route write after the restart", lab.events("connection.active_changed"))

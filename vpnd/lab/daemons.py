@@ -43,7 +43,10 @@ def vici_path(lab: Lab, role: str) -> Path:
     return lab.dir / f"{role}.vici"
 
 
-def start_charon(lab: Lab, role: str, *, libipsec: bool, timeout: float = 20.0) -> int:
+def start_charon(lab: Lab, role: str, *, libipsec: bool, timeout: float = 20.0,
+                 fast_retransmits: bool | None = None) -> int:
+    """`fast_retransmits=None`: fast outside emulation (see strongswan_conf); False gives
+    charon's default schedule, as the vendor procedure runs it (bench/failover.py --baseline)."""
     work = lab.dir / f"charon-{role}"
     (work / "run").mkdir(parents=True, exist_ok=True)
     (work / "run" / "charon.pid").unlink(missing_ok=True)   # a killed predecessor's
@@ -51,9 +54,10 @@ def start_charon(lab: Lab, role: str, *, libipsec: bool, timeout: float = 20.0) 
     if sock.exists():
         sock.unlink()
     conf = work / "strongswan.conf"
-    import os
+    if fast_retransmits is None:
+        fast_retransmits = os.environ.get("VPND_LAB_EMULATED") != "1"
     conf.write_text(strongswan_conf(sock, libipsec=libipsec, log=lab.dir / f"charon-{role}.log",
-                                    fast_retransmits=os.environ.get("VPND_LAB_EMULATED") != "1"))
+                                    fast_retransmits=fast_retransmits))
     out = open(lab.dir / f"charon-{role}.out", "ab")
     proc = subprocess.Popen(
         ["ip", "netns", "exec", lab.ns(role), "unshare", "-m", "--propagation", "private", "sh", "-c",

@@ -25,8 +25,22 @@ def blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> No
         rules = [f"ip saddr {ours} udp dport 4789 drop", f"ip daddr {ours} udp dport 4789 drop"]
     else:
         rules = [f'iifname "cloud{tunnel}" drop', f'oifname "cloud{tunnel}" drop']
-    for rule in rules:
-        lab.exec("cloud", "nft", "add", "rule", "ip", "vpndlab", "blackhole", *rule.split())
+    _drop(lab, rules)
+
+
+def _drop(lab: Lab, rules: list[str]) -> None:
+    """All rules in one nft transaction: both directions fail at the same instant."""
+    path = lab.dir / "nft-fault.conf"
+    path.write_text("".join(f"add rule ip vpndlab blackhole {rule}\n" for rule in rules))
+    lab.exec("cloud", "nft", "-f", str(path))
+
+
+def peer_unreachable(lab: Lab, tunnel: int) -> None:
+    """The cloud's address of tunnel n stops answering: IKE and ESP of that tunnel dropped both
+    ways (the other tunnel is untouched). Unlike `blackhole`, DPD can notice this one: it is
+    the vendor procedure's best case (bench/failover.py --baseline)."""
+    addr = lab.plan.cloud_wan[tunnel]
+    _drop(lab, [f"ip daddr {addr} drop", f"ip saddr {addr} drop"])
 
 
 def repair(lab: Lab) -> None:

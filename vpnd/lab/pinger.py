@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 
 from vpnd.lab.topology import Lab
@@ -23,23 +25,48 @@ class PingReport:
 
 
 class Pinger:
+    """ping runs in the background; its output is drained as it comes (a full pipe would
+    stall ping on long runs), and the stop time closes an outage still running then."""
+
     def __init__(self, lab: Lab, *, interval: float = 0.01, duration: float = 60.0) -> None:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns("lan"), "ping", "-n", "-D", "-i", str(interval),
              "-W", "1", "-w", str(int(duration)), lab.plan.vpc_host],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         self.interval = interval
+        self._chunks: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._chunks.append(line)
+
+    def last_answer(self) -> float | None:
+        """Wall-clock time of the latest answer so far (None before the first)."""
+        for line in reversed(self._chunks[-50:]):
+            m = _REPLY.match(line)
+            if m:
+                return float(m.group(1))
+        return None
 
     def stop(self) -> PingReport:
+        stopped = time.time()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=10)
-        return parse(out, self.interval)
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        return parse("".join(self._chunks), self.interval, stopped=stopped)
 
 
-def parse(output: str, interval: float) -> PingReport:
-    """The outage is the longest run of unanswered sequence numbers (including a trailing
-    one), converted to time at the rate ping really sent at."""
+def parse(output: str, interval: float, stopped: float | None = None) -> PingReport:
+    """The outage is the longest time without an answer. Between two answers it is their
+    timestamps' distance less one send interval: iputils ping slows down while its packets go
+    unanswered (about 60/s instead of 100/s at -i 0.01), so counting lost sequence numbers
+    would under-state long outages. An outage still running at the end lasts until `stopped`
+    (wall clock, as ping -D); without it, and before the first answer, lost sequence numbers
+    are counted at the rate ping sent."""
     got: dict[int, float] = {}
     for line in output.splitlines():
         m = _REPLY.match(line)
@@ -47,13 +74,12 @@ def parse(output: str, interval: float) -> PingReport:
             got[int(m.group(2))] = float(m.group(1))
     m = re.search(r"(\d+) packets transmitted", output)
     sent = int(m.group(1)) if m else (max(got) if got else 0)
-    if len(got) >= 2:
-        first, last = min(got), max(got)
-        period = (got[last] - got[first]) / (last - first) if last > first else interval
-    else:
-        period = interval
-    longest, run = 0, 0
-    for seq in range(1, sent + 1):
-        run = 0 if seq in got else run + 1
-        longest = max(longest, run)
-    return PingReport(sent, len(got), round(longest * period * 1000, 1))
+    if not got:
+        return PingReport(sent, 0, round(sent * interval * 1000, 1))
+    seqs = sorted(got)
+    first, last = seqs[0], seqs[-1]
+    period = (got[last] - got[first]) / (last - first) if last > first else interval
+    longest = max([0.0] + [got[b] - got[a] - interval for a, b in zip(seqs, seqs[1:]) if b - a > 1])
+    trailing = (stopped - got[last] - interval) if stopped is not None and sent > last else (sent - last) * period
+    edges = max((first - 1) * period, trailing)
+    return PingReport(sent, len(got), round(max(longest, edges, 0.0) * 1000, 1))
