@@ -91,3 +91,11 @@ def test_run_vpnd_in_guest_runs_this_checkout_with_its_interpreter(monkeypatch):
     assert seen["command"] == "python -m vpnd lab demo --backend native"
     assert seen["cwd"] == vm.PROJECT_ROOT and seen["env"]["PYTHONPATH"] == str(vm.PROJECT_ROOT)
     assert seen["env"]["PATH"].startswith(str(Path(vm.sys.executable).parent) + ":")
+
+
+def test_a_command_too_long_for_the_kernel_command_line_is_refused():
+    """x86 cuts the kernel command line at 2048 bytes silently: the guest would idle until
+    the timeout (seen with a 2145-byte inline script)."""
+    vm.check_command_line("python -m vpnd lab demo --backend native")
+    with pytest.raises(ValueError, match="script file"):
+        vm.check_command_line("echo " + "x" * 1200)

@@ -383,6 +383,20 @@ def guest_script(command: str, *, env: Mapping[str, str] | None = None,
     return " && ".join(parts)
 
 
+# virtme-ng passes the script base64-encoded on the kernel command line, which x86 cuts at
+# 2048 bytes without a word: the guest then idles until the timeout. Leave room for the rest.
+MAX_ENCODED_SCRIPT = 1500
+
+
+def check_command_line(script: str) -> None:
+    import base64
+
+    n = len(base64.b64encode(script.encode()))
+    if n > MAX_ENCODED_SCRIPT:
+        raise ValueError(f"guest command too long for the kernel command line ({n} bytes encoded, "
+                         f"at most {MAX_ENCODED_SCRIPT}): put it in a script file and run `sh FILE`")
+
+
 def vng_argv(kernel: GuestKernel, script: str, *, rwdirs: Sequence[str | os.PathLike[str]] = (),
              kvm: bool = False, memory: str = GUEST_MEMORY, cpus: int = GUEST_CPUS,
              python_image: PythonImage | None = None) -> list[str]:
@@ -447,8 +461,9 @@ async def run_in_guest_async(command: str, *, timeout: float, env: Mapping[str, 
     image = None
     if python_image and os.environ.get("VPND_LAB_PYTHON_IMAGE") != "0":
         image = await asyncio.to_thread(ensure_python_image)
-    argv = vng_argv(kernel, guest_script(command, env=env, cwd=cwd, python_image=image),
-                    rwdirs=rwdirs, kvm=kvm, python_image=image)
+    script = guest_script(command, env=env, cwd=cwd, python_image=image)
+    check_command_line(script)
+    argv = vng_argv(kernel, script, rwdirs=rwdirs, kvm=kvm, python_image=image)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
