@@ -104,6 +104,13 @@ class Daemon:
         conn = next(c for c in self.config.connections if c.name == a.connection)
         previous = self._active.get(a.connection)
         self._active[a.connection] = a.tunnel
+        # traffic first: the kernel routes move before anything is logged or counted
+        routes = self.routes.get(a.connection)
+        writes, reaction_ms = 0, 0.0
+        if routes is not None:
+            t0 = time.perf_counter()
+            writes = await routes.set_active(a.tunnel, withdraw=a.withdraw)
+            reaction_ms = round((time.perf_counter() - t0) * 1000, 3)
         self.metrics.set_active(a.connection, tuple(t.name for t in conn.tunnels), a.tunnel)
         if previous is not None and a.tunnel is not None and previous != a.tunnel:
             self.metrics.failover(a.connection, previous, a.tunnel, a.reason)
@@ -115,6 +122,9 @@ class Daemon:
                  withdraw=a.withdraw,
                  probes={t.name: evidence(self.board.probes.get(E.TunnelKey(a.connection, t.name)))
                          for t in conn.tunnels} if conn.health_check is not None else None)
+        if writes:
+            log.info("routes.switched", connection=a.connection, active=a.tunnel, writes=writes,
+                     reaction_ms=reaction_ms)
         if conn.routing == "policy":
             done = await self.policy.set_active(a.connection, a.tunnel)
             if done:
@@ -122,13 +132,6 @@ class Daemon:
         if conn.routing == "bgp" and self.bgp is not None:
             # standby = "prepend": the route-maps follow (pushed in the background)
             await self.bgp.set_active(a.connection, a.tunnel, a.reason)
-        routes = self.routes.get(a.connection)
-        if routes is not None:
-            t0 = time.perf_counter()
-            writes = await routes.set_active(a.tunnel, withdraw=a.withdraw)
-            if writes:
-                log.info("routes.switched", connection=a.connection, active=a.tunnel, writes=writes,
-                         reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
 
     async def _repair_routes(self, a: A.RepairRoutes) -> None:
         routes = self.routes.get(a.connection)
