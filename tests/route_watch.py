@@ -65,8 +65,9 @@ class RouteMonitor:
 
 def metric(lab: Lab, name: str) -> float:
     """A series' value from vpnd's Prometheus endpoint (it listens inside cgw)."""
-    text = lab.exec("cgw", "curl", "-s", "--max-time", "10", "http://127.0.0.1:9456/metrics").stdout
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in vpnd's metrics")
+    from lab_metrics import sample, scrape
+
+    value = sample(scrape(lab), name)
+    if value is None:
+        raise AssertionError(f"{name} not in vpnd's metrics")
+    return value

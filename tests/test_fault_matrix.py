@@ -16,8 +16,8 @@ import sys
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+import lab_metrics
 from fault_summary import row
 from lab_fixtures import BGP_PEERS, bgp_lab
 from vpnd.lab import daemons, faults, scenario
@@ -38,22 +38,13 @@ def ready(lab, active: str = "vxlan1") -> None:
                lab.opts.preempt_delay + 20)
 
 
-def scrape(lab) -> dict[tuple[str, tuple], float]:
-    """vpnd's /metrics inside cgw, as {(name, sorted labels): value}."""
-    code = ("import urllib.request;print(urllib.request.urlopen("
-            "'http://127.0.0.1:9456/metrics', timeout=3).read().decode())")
-    text = lab.lab.exec("cgw", sys.executable, "-c", code).stdout
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+def scrape(lab) -> str:
+    return lab_metrics.scrape(lab.lab)
 
 
-def metric(samples, name: str, **labels) -> float:
+def metric(text: str, name: str, **labels) -> float:
     """Sum over the series of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, lbls), v in samples.items() if n == name and want <= set(lbls))
+    return lab_metrics.total(text, name, **labels)
 
 
 def switches(lab) -> list[dict]:

@@ -5,11 +5,11 @@ LAN -> VPC pings run, never from vpnd's word."""
 from __future__ import annotations
 
 import signal
-import sys
 import time
 
 import pytest
 
+from lab_metrics import scrape
 from vpnd.lab import daemons, faults
 from vpnd.lab.cli import both_established, list_sas, policy_carrier, wait_until
 from vpnd.lab.pinger import Pinger
@@ -108,9 +108,7 @@ def test_the_cloud_moving_traffic_is_followed(make_lab, tmp_path):
     e = lab.wait_event("connection.active_changed", active="tunnel2", timeout=5)
     assert e["reason"] == "cloud moved traffic to tunnel2, following", e
     assert lab.events("xfrm.in_tmpl_mismatch")
-    metrics = lab.lab.exec("cgw", sys.executable, "-c", "import urllib.request; print(urllib"
-                           ".request.urlopen('http://127.0.0.1:9456/metrics').read().decode())")
-    assert "vpnd_xfrm_in_tmpl_mismatch 30.0" in metrics.stdout
+    assert "vpnd_xfrm_in_tmpl_mismatch 30.0" in scrape(lab.lab)
     wait_until("traffic on tunnel 2", lambda: carrier_is(lab, "tunnel2"), 10)
     time.sleep(2.0)                                     # > preempt_delay: the cloud's choice stays
     assert carrier_is(lab, "tunnel2")

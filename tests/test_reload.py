@@ -8,12 +8,13 @@ invalid file changes nothing but the reload metric.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 
 import pytest
 
+from lab_metrics import sample
+from lab_metrics import scrape as _scrape
 from vpnd.lab import daemons
 from vpnd.lab.cli import both_established, list_sas, vpnd_routes, wait_until
 
@@ -58,21 +59,7 @@ def shared_keys(lab) -> list[str]:
 
 
 def scrape(lab) -> str:
-    r = lab.lab.exec("cgw", "curl", "-sf", "http://127.0.0.1:9456/metrics")
-    return r.stdout
-
-
-def sample(text: str, name: str, **labels) -> float | None:
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        if m is None or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            return float(m.group(3))
-    return None
+    return _scrape(lab.lab)
 
 
 def test_probe_interval_change_keeps_both_tunnels_sas_and_routes(make_lab):
