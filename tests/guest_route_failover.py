@@ -87,12 +87,13 @@ def test_black_hole_moves_traffic_to_tunnel2_and_preempt_brings_it_back(rl):
     lab = rl.lab
     pinger = Pinger(lab, duration=60)
     time.sleep(1.0)
+    seen = len(rl.events("connection.active_changed", active="tunnel2"))
     faults.blackhole(lab, 0, "native")
     switch_s = wait_until("failover to tunnel 2 (ipsec1)", lambda: active_interface(lab) == "ipsec1", 60,
                           interval=0.005)
     time.sleep(1.0)
     report = pinger.stop()
-    e = rl.events("connection.active_changed", active="tunnel2")[-1]
+    e = rl.wait_event("connection.active_changed", after=seen, active="tunnel2", timeout=10)
     assert "probes lost" in e["reason"], e
     # LAN->VPC flows again, and through tunnel 2's XFRM interface.
     before = tx_packets(lab, "ipsec1")
@@ -169,10 +170,11 @@ def test_vpnd_sigkilled_and_restarted_changes_no_route(rl):
 def test_ike_sa_killed_by_the_cloud_switches_at_once(rl):
     on_tunnel1(rl)
     lab = rl.lab
+    seen = len(rl.events("connection.active_changed", active="tunnel2"))
     t0 = time.monotonic()
     faults.terminate_ike(lab, "vpc1", "tunnel1")
     switch_s = wait_until("failover to tunnel 2", lambda: active_interface(lab) == "ipsec1", 60, interval=0.005)
-    e = rl.events("connection.active_changed", active="tunnel2")[-1]
+    e = rl.wait_event("connection.active_changed", after=seen, active="tunnel2", timeout=10)
     record(ike_kill_switch_s=switch_s)
     # Immediate: driven by the CHILD SA going away (VICI), not by probes running out.
     assert "probes lost" not in e["reason"], e

@@ -27,13 +27,15 @@ def test_black_hole_moves_traffic_and_preempt_brings_it_back(make_lab):
     ready(lab)
     pinger = Pinger(lab.lab, duration=30)
     time.sleep(0.5)
+    seen = len(lab.events("connection.active_changed", active="tunnel2"))
     faults.blackhole(lab.lab, 0, "libipsec")
     wait_until("failover to tunnel 2", lambda: active_interface(lab.lab) == "vxlan2", 15, interval=0.005)
     time.sleep(0.5)
     report = pinger.stop()
     # Speed is bench/failover.py's business; here: traffic flows again after the switch.
     assert report.received > 0.5 * report.sent, report
-    e = lab.events("connection.active_changed", active="tunnel2")[-1]
+    # routes move before the event is logged: wait for it rather than read the log at once
+    e = lab.wait_event("connection.active_changed", after=seen, active="tunnel2", timeout=5)
     assert "probes lost" in e["reason"], e
     # one event with from/to and the evidence: tunnel 1's last probes lost, tunnel 2's answered
     assert (e["from"], e["to"]) == ("tunnel1", "tunnel2"), e
@@ -48,9 +50,10 @@ def test_black_hole_moves_traffic_and_preempt_brings_it_back(make_lab):
 def test_ike_sa_killed_switches_at_once(make_lab):
     lab = make_lab(preempt_delay=5.0)
     ready(lab)
+    seen = len(lab.events("connection.active_changed", active="tunnel2"))
     faults.terminate_ike(lab.lab, "vpc1", "tunnel1")
     wait_until("failover to tunnel 2", lambda: active_interface(lab.lab) == "vxlan2", 15, interval=0.005)
-    e = lab.events("connection.active_changed", active="tunnel2")[-1]
+    e = lab.wait_event("connection.active_changed", after=seen, active="tunnel2", timeout=5)
     assert "probes lost" not in e["reason"], "a lost CHILD SA switches without waiting for probes"
 
 

@@ -133,6 +133,7 @@ def test_3_both_down_then_one_returns(make_lab, both_down):
         assert e["active"] is None and e["withdraw"], e
         assert routes == [], f"withdraw: vpnd's routes are gone, got {routes}"
     # tunnel 2 comes back first: it is taken at once
+    seen = len(lab.events("connection.active_changed"))
     t0 = time.monotonic()
     lab.lab.exec("cloud", "nft", "flush", "chain", "ip", "vpndlab", "blackhole")
     faults.blackhole(lab.lab, 0, "libipsec")        # tunnel 1 stays broken
@@ -142,7 +143,8 @@ def test_3_both_down_then_one_returns(make_lab, both_down):
     ping = lab.lab.exec("lan", "ping", "-c", "5", "-i", "0.1", "-W", "1", lab.lab.plan.vpc_host,
                         check=False)
     assert ping.returncode == 0, ping.stdout
-    assert "recovered" in lab.events("connection.active_changed")[-1]["reason"]
+    # routes move before the event is logged: wait for it
+    assert "recovered" in lab.wait_event("connection.active_changed", after=seen, timeout=5)["reason"]
     r.switches = len(switches(lab))
     r.note = f"routes back {recovered * 1000:.0f} ms after tunnel 2's repair"
     r.verdict = "passed"

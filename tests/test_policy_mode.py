@@ -36,15 +36,17 @@ def test_black_hole_moves_traffic_and_preempt_brings_it_back(make_lab):
     lab = make_lab(routing="policy", preempt_delay=2.0)
     pinger = ready(lab)
     states = len(lab.events("tunnel.state_changed"))
+    seen = len(lab.events("connection.active_changed", active="tunnel2"))
+    switched = len(lab.events("policy.switched", active="tunnel2"))
     faults.blackhole(lab.lab, 0, "libipsec", "policy")
     wait_until("traffic on tunnel 2", lambda: carrier_is(lab, "tunnel2"), 15, interval=0)
     time.sleep(0.3)
     report = pinger.stop()
     assert report.received > 0.5 * report.sent, report
     assert report.outage_ms < 2000, report      # bench/failover.py measures; here: bounded
-    e = lab.events("connection.active_changed", active="tunnel2")[-1]
+    e = lab.wait_event("connection.active_changed", after=seen, active="tunnel2", timeout=5)
     assert "probes lost" in e["reason"], e
-    assert lab.events("policy.switched", active="tunnel2")[-1]["op"] == "replace_child"
+    assert lab.wait_event("policy.switched", after=switched, active="tunnel2", timeout=5)["op"] == "replace_child"
 
     pinger = Pinger(lab.lab, duration=30)
     faults.repair(lab.lab)

@@ -279,10 +279,12 @@ def test_vpnd_fails_over_on_tcp_probes(make_lab):
         lab.start_vpnd()
         wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
         wait_until("route on tunnel 1", lambda: active_interface(lab.lab) == "vxlan1", 20)
+        seen = len(lab.events("connection.active_changed", active="tunnel2"))
         faults.blackhole(lab.lab, 0, "libipsec")
         wait_until("failover to tunnel 2", lambda: active_interface(lab.lab) == "vxlan2", 15,
                    interval=0.005)
-        e = lab.events("connection.active_changed", active="tunnel2")[-1]
+        # routes move before the event is logged: wait for it
+        e = lab.wait_event("connection.active_changed", after=seen, active="tunnel2", timeout=5)
         assert "probes lost" in e["reason"], e
         assert e["probes"]["tunnel2"]["recent"].endswith("+"), e
         ready, _, _ = select.select([server.stdout], [], [], 5)

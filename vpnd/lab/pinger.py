@@ -29,11 +29,17 @@ class Pinger:
     stall ping on long runs), and the stop time closes an outage still running then."""
 
     def __init__(self, lab: Lab, *, interval: float = 0.01, duration: float = 60.0) -> None:
+        # No `-w`: with a deadline iputils ping exits at its first error (an ICMP unreachable
+        # or a failed send while a tunnel is down), which ends the measurement mid-outage. The
+        # duration is enforced here instead.
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns("lan"), "ping", "-n", "-D", "-i", str(interval),
-             "-W", "1", "-w", str(int(duration)), lab.plan.vpc_host],
+             "-W", "1", lab.plan.vpc_host],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         self.interval = interval
+        self._deadline = threading.Timer(duration, self._interrupt)
+        self._deadline.daemon = True
+        self._deadline.start()
         self._chunks: list[str] = []
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
@@ -51,10 +57,14 @@ class Pinger:
                 return float(m.group(1))
         return None
 
+    def _interrupt(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)     # ping prints its summary on SIGINT
+
     def stop(self) -> PingReport:
         stopped = time.time()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+        self._deadline.cancel()
+        self._interrupt()
         self.proc.wait(timeout=10)
         self._reader.join(timeout=10)
         return parse("".join(self._chunks), self.interval, stopped=stopped)
