@@ -190,13 +190,13 @@ def test_oversized_request_is_refused_and_closed(make):
 
 
 def test_slow_client_times_out_and_holds_nobody_else(make):
-    h = make("c", read_timeout=0.3)
+    h = make("c", read_timeout=2.0)
     slow = socket.socket(socket.AF_UNIX)
     slow.connect(h.path)
     slow.sendall(b'{"command": "sta')
     t0 = time.monotonic()
     assert request(h.path, {"command": "status"})["ok"], "another client is served meanwhile"
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 1.5, "served before the slow client's timeout, not after it"
     slow.settimeout(3)
     reply = json.loads(slow.recv(4096))
     assert reply["code"] == "timeout" and slow.recv(10) == b"", "closed after the timeout"

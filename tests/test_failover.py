@@ -67,8 +67,9 @@ def test_a_deleted_route_is_restored_and_counted(make_lab):
     lines = mon.stop()
     deleted = next(l for l in lines if "Deleted" in l and "metric 100" in l)
     readded = next(l for l in lines[lines.index(deleted) + 1:] if "Deleted" not in l and "metric 100" in l)
-    # The kernel's own timestamps: back within milliseconds (bound generous for a loaded CI box).
-    assert RouteMonitor.stamp(readded) - RouteMonitor.stamp(deleted) < 0.1, lines
+    # The kernel's own timestamps: back within milliseconds (the fault matrix prints the figure;
+    # the bound here is generous for a loaded CI box).
+    assert RouteMonitor.stamp(readded) - RouteMonitor.stamp(deleted) < 1.0, lines
     assert metric(lab.lab, "vpnd_route_repairs_total") == 1
     ping = lab.lab.exec("lan", "ping", "-c", "3", "-i", "0.05", "-W", "1", lab.lab.plan.vpc_host, check=False)
     assert ping.returncode == 0

@@ -238,7 +238,8 @@ def test_stopped_frr_times_out_and_the_session_respawns(frr):
         latencies.sort()
         print(f"vtysh session command latency: median {latencies[25] * 1000:.2f} ms, "
               f"max {latencies[-1] * 1000:.2f} ms")
-        assert latencies[25] < 0.05
+        # bench measures speed; here: one persistent session, not a vtysh per command
+        assert latencies[25] < 0.5 and s.stats.spawns == 1
         pid = frr.procs[1].pid
         os.kill(pid, signal.SIGSTOP)
         try:
