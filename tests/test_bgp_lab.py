@@ -127,3 +127,32 @@ def test_drain_and_failover_move_traffic_without_shutting_sessions(make_lab):
     assert frr.established_peers(lab.lab, "cgw") == PEERS
     assert not lab.events("bgp.neighbor_set", enabled=False)
     assert report.outage_ms < 1000 and report.received > 0
+
+
+def test_restarted_vpnd_keeps_bgp_traffic_where_it_found_it(make_lab):
+    """standby = "prepend", traffic on tunnel 2 (failover --to), vpnd SIGKILLed and restarted:
+    it reads the route-map attachments FRR runs, adopts tunnel 2 and pushes no route-map
+    change, so the restart moves no traffic (the pin itself is runtime state: the way back is
+    then the ordinary preempt)."""
+    import signal
+
+    from test_control_lab import vpnd as vpnd_cli
+
+    lab = bgp_lab(make_lab, preempt_delay=30.0)
+    sock = str(lab.lab.dir / "control.sock")
+    lab.wait_event("connection.active_changed", to="tunnel1", timeout=40)
+    p = vpnd_cli("failover", "--to", "tunnel2", "--socket", sock)
+    assert p.returncode == 0, p
+    wait_until("on tunnel 2", lambda: vpc_device(lab) == "vxlan2", 5, interval=0.01)
+    applied = len(lab.events("frr.applied"))
+    kept = len(lab.events("connection.active_changed", active="tunnel2"))
+    lab.stop_vpnd(sig=signal.SIGKILL)
+    lab.start_vpnd()
+    assert lab.wait_event("bgp.adopted", timeout=20)["active"] == "tunnel2"
+    e = lab.wait_event("connection.active_changed", after=kept, active="tunnel2", timeout=20)
+    assert "traffic was on it when vpnd started" in e["reason"], e
+    time.sleep(0.5)
+    assert vpc_device(lab) == "vxlan2"
+    moved = [c for ev in lab.events("frr.applied")[applied:] for c in ev["changes"] if "route-map" in c]
+    assert moved == [], f"the restart pushed route-map changes: {moved}"
+    assert frr.established_peers(lab.lab, "cgw") == PEERS

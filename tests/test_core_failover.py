@@ -14,7 +14,7 @@ from core_helpers import config, connection, key
 from vpnd.core.actions import SetActive, SetBgpNeighbor
 from vpnd.core.engine import Engine
 from vpnd.core.events import (
-    BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
+    Adopted, BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
     ChildUp, Drain, ForceFailover, IkeDown, ProbeResult, SaSnapshot, Tick, Undrain,
 )
 
@@ -467,6 +467,81 @@ def test_startup_stops_waiting_at_the_preferred_tunnels_first_verdict():
                              (0.6, loss("t1"), []),            # one loss may race the SA
                              (0.7, loss("t1"), []),
                              (0.8, loss("t1"), [act("t2", "t2 usable")])], start=start)
+
+
+# --- restart: traffic found on a tunnel stays there ----------------------------------------
+
+ADOPTED_T2 = [(0.0, Adopted(T2), [])] + BOTH_UP
+
+
+def test_restart_keeps_traffic_on_the_adopted_tunnel_until_preempt_delay():
+    # vpnd restarted while traffic was on t2: t1 answering first does not pull it back at once
+    engine = run(connection(**FAST), [
+        (0.2, ok("t1"), []),                                   # t1 answers first: wait for t2
+        (0.3, ok("t2"), [act("t2", "kept: traffic was on it when vpnd started")]),
+        (0.5, ok("t1"), []),
+    ], start=ADOPTED_T2)
+    # the way back is an ordinary preempt: t1 usable since 0.2, preempt_delay 10 s
+    assert engine.next_deadline == pytest.approx(10.2)
+    actions, _ = engine.handle(Tick(), 10.2)
+    assert [(a.tunnel, a.reason) for a in actions if isinstance(a, SetActive)] == [
+        ("t1", "preferred t1 healthy for 10.0 s: switched back")]
+
+
+def test_restart_with_preempt_false_stays_on_the_adopted_tunnel():
+    engine = run(connection(preempt=False, **FAST), [
+        (0.2, ok("t2"), [act("t2", "kept")]),
+        (0.3, ok("t1"), []),
+    ], start=ADOPTED_T2)
+    assert engine.next_deadline is None
+    assert engine.connections["c"].active == "t2"
+
+
+def test_an_adopted_tunnel_that_fails_is_not_kept():
+    run(connection(**FAST), [
+        (0.2, ok("t1"), []),                                   # wait for t2's verdict...
+        (0.3, loss("t2"), []), (0.6, loss("t2"), []),
+        (0.9, loss("t2"), [act("t1", "t1 usable")]),          # ...which is a failure
+    ], start=ADOPTED_T2)
+
+
+def test_an_adopted_tunnel_without_its_sa_is_waited_for_only_briefly():
+    start = [(0.0, Adopted(T2), []), (0.0, CharonConnected(), ANY), (0.0, SaSnapshot(()), ANY),
+             (0.1, up("t1"), [])]
+    engine = run(connection(**FAST), [(0.2, ok("t1"), [])], start=start)
+    assert engine.next_deadline == pytest.approx(10.2)          # the start-up grace
+    actions, _ = engine.handle(Tick(), 10.2)
+    assert [a.tunnel for a in actions if isinstance(a, SetActive)] == ["t1"]
+
+
+def test_adoption_after_the_first_choice_changes_nothing():
+    engine = run(connection(**FAST), [(1.0, Adopted(T2), [])])
+    assert engine.connections["c"].active == "t1"
+
+
+def test_bgp_startup_waits_for_the_preferred_tunnels_session():
+    # both answer; t2's session comes up first: t1's is on its way, so no detour via t2
+    run(connection(**PREPEND, **FAST), [
+        (0.2, ok("t1"), []), (0.3, ok("t2"), []),
+        (0.4, BgpSessionChanged(T2, True), []),
+        (0.5, BgpSessionChanged(T1, True), [act("t1", "t1 usable")]),
+    ], start=BOTH_UP)
+
+
+def test_bgp_restart_keeps_the_adopted_tunnel_whose_session_comes_second():
+    run(connection(**PREPEND, **FAST), [
+        (0.2, ok("t1"), []), (0.3, ok("t2"), []),
+        (0.4, BgpSessionChanged(T1, True), []),
+        (0.5, BgpSessionChanged(T2, True), [act("t2", "kept")]),
+    ], start=ADOPTED_T2)
+
+
+def test_a_drained_adopted_tunnel_is_not_preferred():
+    run(connection(**FAST), [
+        (0.15, Drain(T2), []),
+        (0.2, ok("t2"), []),
+        (0.3, ok("t1"), [act("t1", "t1 usable")]),
+    ], start=ADOPTED_T2)
 
 
 # --- policy mode: following the cloud's move (XfrmInTmplMismatch rising) ---------------------

@@ -9,7 +9,7 @@ from core_helpers import config, connection, key
 from vpnd.core.actions import Initiate, ReportTransition, SetActive, SetBgpNeighbor
 from vpnd.core.engine import Engine
 from vpnd.core.events import (
-    BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
+    Adopted, BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
     ChildRekeyed, ChildUp, Drain, ForceFailover, IkeDown, IkeRekeyed, IkeUp, InterfaceLost,
     NegotiationFailed, OwnedRouteLost, ProbeResult, SaSnapshot, Tick, TunnelKey, TunnelSa,
     Undrain, XfrmInTmplMismatch,
@@ -42,6 +42,7 @@ EVENTS = st.one_of(
     st.builds(BgpSessionChanged, TUNNELS, st.booleans()),
     st.builds(BfdChanged, TUNNELS, st.booleans()),
     st.builds(Drain, TUNNELS), st.builds(Undrain, TUNNELS), st.builds(ForceFailover, TUNNELS),
+    st.builds(Adopted, TUNNELS),
     st.just(Tick()), st.just(Tick()),
     st.builds(OwnedRouteLost, st.sampled_from(["c", "x"]), st.just("10.0.0.0/16")),
     st.builds(InterfaceLost, TUNNELS, st.just("ipsec0")),

@@ -92,3 +92,32 @@ def test_vpnd_sigkilled_and_restarted_changes_no_route(make_lab):
     assert vpnd_routes(lab.lab) == before
     assert len(lab.events("routes.switched")) == writes_before, (
         "no route write after the restart", lab.events("connection.active_changed"))
+
+
+def test_restarted_on_tunnel2_keeps_traffic_there_until_the_preempt_delay(make_lab):
+    """vpnd restarted while traffic is on tunnel 2 and tunnel 1 is healthy again (preempt
+    pending): the restart moves nothing; the way back is the ordinary preempt, preempt_delay
+    after the restarted vpnd saw tunnel 1 healthy."""
+    lab = make_lab(preempt_delay=3.0)
+    ready(lab)
+    faults.blackhole(lab.lab, 0, "libipsec")
+    wait_until("failover to tunnel 2", lambda: active_interface(lab.lab) == "vxlan2", 15, interval=0.005)
+    faults.repair(lab.lab)
+    before = vpnd_routes(lab.lab)
+    lab.stop_vpnd(sig=signal.SIGKILL)          # before the 3 s preempt delay ran out
+    mon = RouteMonitor(lab.lab)
+    kept = len(lab.events("connection.active_changed", active="tunnel2"))
+    t0 = time.monotonic()
+    lab.start_vpnd()
+    e = lab.wait_event("connection.active_changed", after=kept, active="tunnel2", timeout=20)
+    assert "traffic was on it when vpnd started" in e["reason"], e
+    assert [a["active"] for a in lab.events("routes.adopted")][-1] == "tunnel2"
+    time.sleep(0.5)
+    assert mon.stop() == [], "the restart changed no route"
+    assert active_interface(lab.lab) == "vxlan2" and vpnd_routes(lab.lab) == before
+    wait_until("preempt back to tunnel 1", lambda: active_interface(lab.lab) == "vxlan1", 20,
+               interval=0.01)
+    assert time.monotonic() - t0 >= 3.0, "the way back waits for preempt_delay"
+    back = lab.wait_event("connection.active_changed", active="tunnel1",
+                          after=len(lab.events("connection.active_changed", active="tunnel1")) - 1)
+    assert "switched back" in back["reason"], back

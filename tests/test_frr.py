@@ -68,8 +68,15 @@ def restart_bgpd(f, sig=signal.SIGKILL) -> None:
          "-P", "0", "--vty_socket", str(f.dir), "-z", str(f.dir / "zserv.api"),
          "-i", str(f.dir / "bgpd.pid"), "-f", str(f.dir / "empty.conf")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    f.wait_for(lambda: "router bgp" not in f.vtysh("-c", "show running-config bgpd")
-               and f.vtysh("-c", "show bgp summary json").strip() in ("{}", ""), "a fresh bgpd", 15)
+
+    def fresh() -> bool:
+        try:        # "bgpd is not running" until the new bgpd's vty is up: not yet, no error
+            return ("router bgp" not in f.vtysh("-c", "show running-config bgpd")
+                    and f.vtysh("-c", "show bgp summary json").strip() in ("{}", ""))
+        except AssertionError:
+            return False
+
+    f.wait_for(fresh, "a fresh bgpd", 15)
 
 
 async def test_apply_is_by_difference(frr):

@@ -139,6 +139,8 @@ class BgpAdapter:
         """Read, diff, issue the difference. Returns the changes (empty: nothing to do)."""
         t0 = time.perf_counter()
         running = await self.running()
+        if self._pushed_active is None:
+            self._adopt(running)
         # neighbor states as of now (after the read): a SetBgpNeighbor pushed meanwhile is in
         # `running` or still pending, never undone; the watch loop re-pushes any later change
         enabled = dict(self.enabled)
@@ -166,6 +168,30 @@ class BgpAdapter:
         else:
             log.debug("frr.unchanged", apply_ms=self.last_apply_ms)
         return changes
+
+    def _adopt(self, running: Running) -> None:
+        """First apply after a (re)start: with standby = "prepend", FRR's route-map
+        attachments say which tunnel carries traffic. Keep it (and tell the core, Adopted)
+        rather than render tunnel 1 active and move traffic back before the core decided, as
+        the route mode adopts its kernel routes. Only where the core has not spoken yet."""
+        from vpnd.render.frr import neighbor_route_maps, steered
+
+        have = set(running.contexts.get((self.router, _AF), []))
+        for c in self.conns:
+            if not steered(c) or c.name in self.active:
+                continue
+            found = []
+            for t in c.tunnels:
+                maps = neighbor_route_maps(c, {c.name: t.name})
+                lines = [f"neighbor {peer} route-map {name} {way}"
+                         for peer, (rm_in, rm_out) in maps.items()
+                         for name, way in ((rm_in, "in"), (rm_out, "out"))]
+                if lines and all(line in have for line in lines):
+                    found.append(t.name)
+            if len(found) == 1:
+                self.active[c.name] = found[0]
+                log.info("bgp.adopted", connection=c.name, active=found[0])
+                self.on_event(E.Adopted(E.TunnelKey(c.name, found[0])))
 
     # --- SetBgpNeighbor ----------------------------------------------------------------------
 

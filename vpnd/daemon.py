@@ -268,6 +268,8 @@ class Daemon:
                                  netns=self.netns, on_event=self.sup.post)
             await rc.start()
             self.routes[conn.name] = rc
+            if rc.active is not None:     # a restart keeps traffic where it found it
+                self.sup.post(E.Adopted(E.TunnelKey(conn.name, rc.active)))
 
     def _start_bgp(self) -> None:
         """One FRR adapter for every routing = "bgp" connection (they share one router bgp);
@@ -378,6 +380,8 @@ class Daemon:
                                      netns=self.netns, on_event=self.sup.post)
                 await rc.start()
                 self.routes[conn.name] = rc
+                if rc.active is not None:
+                    self.sup.post(E.Adopted(E.TunnelKey(conn.name, rc.active)))
             else:
                 writes = await rc.reconfigure(conn)
                 log.info("routes.reconfigured", connection=conn.name, writes=writes)

@@ -14,7 +14,7 @@ from vpnd.config.model import Config
 from vpnd.core import failover, tunnel
 from vpnd.core.actions import Action, RepairInterface, RepairRoutes, ReportTransition
 from vpnd.core.events import (
-    BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
+    Adopted, BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
     ChildRekeyed, ChildUp, Drain, ForceFailover, IkeDown, IkeRekeyed, IkeUp, InterfaceLost,
     NegotiationFailed, OwnedRouteLost, ProbeResult, SaSnapshot, Tick, TunnelKey, Undrain,
     XfrmInTmplMismatch,
@@ -23,7 +23,8 @@ from vpnd.core.failover import Connection, TunnelChanged
 from vpnd.core.tunnel import DEFAULT_TIMERS, Timers, Tunnel
 
 _SA_EVENTS = (IkeUp, IkeDown, ChildUp, ChildDown, IkeRekeyed, ChildRekeyed, NegotiationFailed)
-_POLICY_EVENTS = (ProbeResult, CharonAlert, BgpSessionChanged, BfdChanged, Drain, Undrain)
+_POLICY_EVENTS = (ProbeResult, CharonAlert, BgpSessionChanged, BfdChanged, Drain, Undrain,
+                  Adopted)
 
 
 class Engine:

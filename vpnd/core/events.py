@@ -156,6 +156,15 @@ class XfrmInTmplMismatch:
 # --- operators and time ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Adopted:
+    """At start vpnd found traffic already steered onto this tunnel (its own routes in the
+    kernel, FRR's route-maps): a restarted vpnd keeps it there instead of re-deciding from
+    scratch, so a restart moves nothing that the rules would not move anyway."""
+
+    tunnel: TunnelKey
+
+
+@dataclass(frozen=True)
 class Drain:
     tunnel: TunnelKey
 
@@ -177,7 +186,7 @@ class Tick:
 
 Event = (
     CharonConnected | CharonDisconnected | IkeUp | IkeDown | ChildUp | ChildDown | IkeRekeyed
-    | ChildRekeyed | NegotiationFailed | CharonAlert | SaSnapshot | ProbeResult
+    | ChildRekeyed | NegotiationFailed | CharonAlert | SaSnapshot | ProbeResult | Adopted
     | BgpSessionChanged | BfdChanged | OwnedRouteLost | InterfaceLost | XfrmInTmplMismatch
     | Drain | Undrain | ForceFailover | Tick
 )

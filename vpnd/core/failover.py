@@ -39,6 +39,11 @@ preferred over the configured order, with preemption back to it even when preemp
 if it fails traffic escapes as usual. Undrain of any tunnel of the connection clears the pin:
 "undrain" means "back to automatic". ForceFailover onto an unusable tunnel changes nothing.
 
+A restart keeps what it finds: Adopted(t) (vpnd's own routes, or FRR's route-maps, already
+steer traffic onto t at start) makes t the first choice in tunnel 1's place, with the same
+start-up grace; moving back to tunnel 1 later is an ordinary discretionary switch. So a vpnd
+restarted while traffic is on tunnel 2 (preempt_delay pending, preempt=false) moves nothing.
+
 Policy mode, the cloud's move (XfrmInTmplMismatch rising, the seed's signal that the cloud
 sends on the standby): once it rose MISMATCH_RISES times within MISMATCH_WINDOW seconds, and
 not within hold_down of the last switch (packets still in flight from our own switch), vpnd
@@ -76,7 +81,7 @@ from typing import NamedTuple
 from vpnd.config.model import ConnectionConfig
 from vpnd.core.actions import Action, SetActive, SetBgpNeighbor
 from vpnd.core.events import (
-    BfdChanged, BgpSessionChanged, CharonAlert, Drain, ForceFailover, ProbeResult, Tick,
+    Adopted, BfdChanged, BgpSessionChanged, CharonAlert, Drain, ForceFailover, ProbeResult, Tick,
     TunnelKey, Undrain, XfrmInTmplMismatch,
 )
 
@@ -134,6 +139,7 @@ class Connection(NamedTuple):
     deadline: float | None = None   # a discretionary switch becomes possible then
     reason: str = "no tunnel usable yet"
     mismatches: tuple[float, ...] = ()  # recent XfrmInTmplMismatch rises (policy mode)
+    adopted: str | None = None          # traffic found on this tunnel at start (Adopted)
 
     def of(self, tunnel: str) -> Health:
         return self.health[self.tunnels.index(tunnel)]
@@ -236,6 +242,10 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
             if _index(c, event.to) is not None:
                 operator_to = event.to.tunnel
             continue
+        if typ is Adopted:
+            if _index(c, event.tunnel) is not None and c.active is None and c.last_switch is None:
+                c = c._replace(adopted=event.tunnel.tunnel)
+            continue
         i = _index(c, event.tunnel)
         if i is None:
             continue
@@ -300,6 +310,15 @@ def _startup_grace(cfg: ConnectionConfig) -> float:
     return min(10.0, max(2.0, hc.interval * (hc.retries + 1)))
 
 
+def _no_verdict(h: Health, cfg: ConnectionConfig) -> bool:
+    """Nothing known against the tunnel yet: neither an answer nor `retries` losses while its
+    CHILD SA is installed (the very first probe may race the SA's route), or, in bgp mode,
+    answered but its session not up yet (sessions come up after the SAs)."""
+    if not h.answered:
+        return h.lost_up < _retries(cfg)
+    return cfg.routing == "bgp" and not h.failing and h.why == "BGP session not established"
+
+
 def _damping_release(c: Connection, limit: int, now: float) -> float | None:
     """When fewer than `limit` switches are left in the window (now if already); None: never."""
     if limit <= 0:
@@ -359,20 +378,32 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float, operator_to: str |
                 out.append(SetActive(c.name, cur, reason))
                 c = c._replace(both_down=True, reason=reason)
     elif cur is None:
+        first = c.last_switch is None and not c.both_down
         preferred = c.tunnels[0]
+        if first and c.adopted is not None and not by_name[c.adopted].drained:
+            # vpnd restarted with traffic on `adopted`: that is the first choice while it is
+            # usable, and going back to tunnel 1 is a discretionary switch like any other
+            # (preempt, preempt_delay, hold_down), never a side effect of the restart.
+            preferred = c.adopted
+            if by_name[preferred].usable:
+                best = preferred
         p = by_name[preferred]
         grace_until = by_name[best].since + _startup_grace(cfg)
-        if (c.last_switch is None and not c.both_down and best != preferred and not p.drained
-                and not p.answered and p.lost_up < _retries(cfg) and now < grace_until):
-            # Start-up: tunnel 1 has no verdict yet: neither an answer nor `retries` losses
-            # while its CHILD SA is installed (its SA or first answer is on its way; the very
-            # first probe may race the SA's route). Taking tunnel 2 now would only mean a
-            # preempt back later, and after a vpnd restart a route flap. Bounded by
-            # _startup_grace.
+        if (first and best != preferred and not p.drained and _no_verdict(p, cfg)
+                and now < grace_until):
+            # Start-up: the preferred tunnel (tunnel 1, or the adopted one) has no verdict
+            # yet (its SA, first answer or BGP session is on its way). Taking another now
+            # would only mean a switch back later, and after a vpnd restart a route flap.
+            # Bounded by _startup_grace.
             c = c._replace(deadline=grace_until,
                            reason=f"{best} usable; waiting for preferred {preferred} to answer")
         else:
-            reason = (f"{best} recovered, routes restored" if c.both_down else f"{best} usable")
+            if c.both_down:
+                reason = f"{best} recovered, routes restored"
+            elif first and best == c.adopted:
+                reason = f"{best} usable; kept: traffic was on it when vpnd started"
+            else:
+                reason = f"{best} usable"
             c = _switch(c, best, FORCED, reason, now, out)
     elif not by_name[cur].usable:
         # "No better": while the active tunnel still has its CHILD SA, leave it only for a
