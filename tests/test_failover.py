@@ -33,7 +33,8 @@ def test_black_hole_moves_traffic_and_preempt_brings_it_back(make_lab):
     time.sleep(0.5)
     report = pinger.stop()
     # Speed is bench/failover.py's business; here: traffic flows again after the switch.
-    assert report.received > 0.5 * report.sent, report
+    # the outage includes any gap still open at stop(): bounded means traffic flows again
+    assert report.received > 0 and report.outage_ms < 2000, report
     # routes move before the event is logged: wait for it rather than read the log at once
     e = lab.wait_event("connection.active_changed", after=seen, active="tunnel2", timeout=5)
     assert "probes lost" in e["reason"], e
