@@ -95,6 +95,34 @@ def test_vpnd_sigkilled_and_restarted_switches_nothing(make_lab):
     assert report.outage_ms < 500, report      # no outage (a loaded CI box may delay a few pings)
 
 
+def test_restarted_on_tunnel2_keeps_traffic_there(make_lab):
+    """Traffic on tunnel 2 (tunnel 1 black-holed, then repaired: preempt pending), vpnd
+    SIGKILLed and restarted: it reads charon's CHILD SAs, adopts tunnel 2 and replaces no
+    CHILD SA."""
+    lab = make_lab(routing="policy", preempt_delay=30.0)
+    ready(lab).stop()
+    faults.blackhole(lab.lab, 0, "libipsec", "policy")
+    wait_until("traffic on tunnel 2", lambda: carrier_is(lab, "tunnel2"), 15)
+    faults.repair(lab.lab)
+    lab.wait_event("policy.switched", active="tunnel2", timeout=5)
+    pinger = Pinger(lab.lab, duration=30)
+    before = list_sas(lab.lab)
+    switched = len(lab.events("policy.switched"))
+    kept = len(lab.events("connection.active_changed", active="tunnel2"))
+    lab.stop_vpnd(sig=signal.SIGKILL)
+    lab.start_vpnd()
+    assert lab.wait_event("policy.adopted", timeout=20)["active"] == "tunnel2"
+    e = lab.wait_event("connection.active_changed", after=kept, active="tunnel2", timeout=20)
+    assert "traffic was on it when vpnd started" in e["reason"], e
+    adopted = lab.wait_event("policy.switched", after=switched, timeout=5)
+    assert adopted["active"] == "tunnel2" and adopted["op"] == "adopted", adopted
+    time.sleep(1.0)
+    assert carrier_is(lab, "tunnel2")
+    assert list_sas(lab.lab) == before, "no CHILD SA replaced, none re-negotiated"
+    report = pinger.stop()
+    assert report.outage_ms < 500, report      # no outage (a loaded CI box may delay a few pings)
+
+
 def test_the_cloud_moving_traffic_is_followed(make_lab, tmp_path):
     """XfrmInTmplMismatch rising (the seed's signal; libipsec never counts, so the test
     writes the counter vpnd reads): vpnd follows to tunnel 2, says so, and stays there."""

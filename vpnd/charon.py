@@ -346,6 +346,7 @@ class CharonAdapter:
         self._on_stats = on_stats
         self._wall = wall
         self.stats: dict[TunnelKey, SaStats] = {}
+        self.loaded_plugins: tuple[str, ...] | None = None    # VICI `stats`, read at connect
         self._poller: asyncio.Task | None = None
         self._poke = asyncio.Event()
         self._desired: Desired | None = None
@@ -413,6 +414,10 @@ class CharonAdapter:
                 await self.apply(self._desired)
             except ViciError as e:
                 log.error("charon.reload_failed", error=str(e))
+        try:        # before the snapshot: policy mode reads it at start (libipsec or kernel)
+            self.loaded_plugins = await self.plugins()
+        except ViciError as e:
+            log.warning("charon.stats_failed", error=str(e))
         await self.resync()
 
     def _on_disconnect(self, reason: str) -> None:

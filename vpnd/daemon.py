@@ -57,6 +57,13 @@ class Daemon:
         elif isinstance(event, E.SaSnapshot):
             if not self._synced.is_set():
                 self.policy.found_at_start(event)
+                # policy mode's part of "a restart keeps traffic where it finds it": told to
+                # the core before the snapshot that makes the tunnels usable
+                for conn in self.config.connections:
+                    tunnel = self.policy.carrier_in(event, conn) if conn.routing == "policy" else None
+                    if tunnel is not None:
+                        log.info("policy.adopted", connection=conn.name, active=tunnel)
+                        self.sup.post(E.Adopted(E.TunnelKey(conn.name, tunnel)))
             self._synced.set()
             self.policy.retry()
         elif type(event) in (E.ChildUp, E.ChildRekeyed):

@@ -69,6 +69,24 @@ class PolicySelector:
         """The first SaSnapshot after vpnd started: the CHILD SAs a predecessor left."""
         self.found = {sa.child_id for sa in snapshot.sas if sa.child_id is not None}
 
+    def carrier_in(self, snapshot: Any, conn: ConnectionConfig) -> str | None:
+        """The first SaSnapshot after vpnd started, on libipsec: the tunnel whose newest
+        CHILD SA carries the traffic (every SA in it predates this vpnd, see carrier()).
+        None when that cannot be told: kernel XFRM, plugins not known, no CHILD SA."""
+        if self._newest_wins is None:
+            plugins = getattr(self.charon, "loaded_plugins", None)
+            if plugins is None:
+                return None
+            self._newest_wins = LIBIPSEC in plugins
+        if not self._newest_wins:
+            return None
+        best: tuple[int, str] | None = None
+        for sa in snapshot.sas:
+            if (sa.tunnel.connection == conn.name and sa.child_id is not None
+                    and sa.child_state == "INSTALLED" and (best is None or sa.child_id > best[0])):
+                best = (sa.child_id, sa.tunnel.tunnel)
+        return best[1] if best else None
+
     async def carrier(self, conn: ConnectionConfig) -> str | None:
         """After a restart, on libipsec: the tunnel whose CHILD SA carries traffic, when it
         can be told: every CHILD SA was there before vpnd started (none re-negotiated
