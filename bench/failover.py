@@ -101,6 +101,7 @@ def measure_vpnd(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     wait_until("route on tunnel 1", lambda: active_interface(lab) == ifs[0], 30 * slow)
     pinger = Pinger(lab, duration=60 * slow)
     time.sleep(1.0)
+    faults.random_phase(opts.interval)      # uniform phase against the probe schedule
     inject(lab, fault, opts.backend)
     fault_wall = time.time()        # the fault is in place (one nft transaction) from here
     wait_until("failover", lambda: active_interface(lab) == ifs[1], 30 * slow, interval=0.002)
@@ -131,6 +132,7 @@ def measure_bgp(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     wait_until("BGP route on tunnel 1", lambda: vpc_device(lab) == "vxlan1", 30)
     pinger = Pinger(lab, duration=120)
     time.sleep(1.0)
+    faults.random_phase(opts.interval)      # uniform phase against the probe schedule
     inject(lab, fault, opts.backend)
     fault_wall = time.time()
     wait_until("failover", lambda: vpc_device(lab) == "vxlan2", 90, interval=0.002)

@@ -225,6 +225,7 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     pinger = Pinger(lab, duration=120)
     wait_until("pings flowing", lambda: True, 1)
     time.sleep(1.0)         # a second of clean traffic before the fault, for the record
+    faults.random_phase(opts.interval)      # at a random point of the probe schedule
     faults.blackhole(lab, 0, backend)
     failover_s = wait_until(f"traffic moved to tunnel 2 ({ifs[1]})", lambda: active_interface(lab) == ifs[1], 30 * slow,
                             interval=0.005)
