@@ -86,3 +86,28 @@ async def test_a_backlog_past_the_limit_becomes_one_overrun(monkeypatch):
     await until(lambda: got and got[-1] == 7)
     assert overruns == [0] and got == [5, 6, 7]
     await listener.close()
+
+
+async def test_route_messages_of_other_tables_are_dropped_in_the_kernel():
+    """The shared subscription's BPF filter: main-table routes and links arrive, a route in
+    another table never reaches Python (a churning VRF or flood costs vpnd nothing)."""
+    with scratch_netns() as ns:
+        got = []
+
+        async def on_route(m):
+            got.append((m.get("event"), m.get("table")))
+
+        async def nothing():
+            pass
+
+        listener = await netlink.listen(ns, RTMGRP_IPV4_ROUTE, on_route, nothing, name="t")
+        try:
+            for i in range(50):
+                sh("ip", "-n", ns, "route", "add", f"10.9.{i}.0/24", "dev", "lo", "table", "100")
+            sh("ip", "-n", ns, "route", "add", "10.8.0.0/24", "dev", "lo", "table", "1000")
+            sh("ip", "-n", ns, "route", "add", "10.7.0.0/24", "dev", "lo")
+            await until(lambda: ("RTM_NEWROUTE", 254) in got)
+            await asyncio.sleep(0.1)
+            assert all(table == 254 for _, table in got), got
+        finally:
+            await listener.close()

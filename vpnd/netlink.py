@@ -10,12 +10,21 @@ message in pyroute2 costs far more than handing it on, and with a socket per con
 every route write was decoded once per connection - O(n^2) at 50 connections, a saturated
 core during a flap storm (bench/scale.py). Each listener keeps its own queue and task, so a
 slow one (a route repair waiting on the kernel) never holds up another.
+
+The subscription carries a classic BPF socket filter that drops route messages of tables
+other than main in the kernel: vpnd owns main-table routes only, and a gateway whose other
+tables churn (a full BGP feed in a VRF, the fault matrix's 100,000-route flood) would
+otherwise make it decode every one of them in Python, lag its event loop and overrun.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
+import socket
+import struct
+import sys
 from typing import Any, Awaitable, Callable
 
 from pyroute2 import AsyncIPRoute
@@ -32,6 +41,41 @@ _GROUP_OF = {
 }
 _OVERRUN = object()
 BACKLOG = 10_000            # messages queued per listener before it is told to resync instead
+
+
+SO_ATTACH_FILTER = 26       # <asm-generic/socket.h>; not in Python's socket module
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RT_TABLE_MAIN = 254
+
+
+def _bpf(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k)
+
+
+def main_table_filter() -> bytes:
+    """The BPF program: pass everything except RTM_NEWROUTE/DELROUTE whose rtm_table is not
+    main. Offsets: nlmsg_type at 4 (host order; BPF half-word loads are big-endian, hence the
+    byte swap of the constants), rtm_table at 16 + 4. One message per multicast skb."""
+    def be(v: int) -> int:
+        return int.from_bytes(v.to_bytes(2, sys.byteorder), "big")
+
+    ldh, ldb, jeq, ret = 0x28, 0x30, 0x15, 0x06     # BPF_LD|H|ABS, LD|B|ABS, JMP|JEQ|K, RET|K
+    return b"".join([
+        _bpf(ldh, 0, 0, 4),                         # 0: A = nlmsg_type
+        _bpf(jeq, 1, 0, be(RTM_NEWROUTE)),          # 1: route message -> 3
+        _bpf(jeq, 0, 3, be(RTM_DELROUTE)),          # 2: route message -> 3, else accept (6)
+        _bpf(ldb, 0, 0, 20),                        # 3: A = rtm_table
+        _bpf(jeq, 1, 0, RT_TABLE_MAIN),             # 4: main -> accept (6)
+        _bpf(ret, 0, 0, 0),                         # 5: drop
+        _bpf(ret, 0, 0, 0xFFFFFFFF),                # 6: accept
+    ])
+
+
+def attach_main_table_filter(sock: Any) -> None:
+    program = main_table_filter()
+    insns = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(insns))   # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)   # the kernel copies it
 
 
 async def open_rtnl(netns: str | None) -> AsyncIPRoute:
@@ -120,8 +164,16 @@ class _Hub:
         self._events: AsyncIPRoute | None = None
         self._task: asyncio.Task | None = None
 
+    async def _subscribe(self) -> AsyncIPRoute:
+        events = await subscribe(self.netns, self.GROUPS)
+        try:
+            attach_main_table_filter(events.transport.get_extra_info("socket"))
+        except (OSError, AttributeError) as exc:   # still correct without it, only slower
+            log.warning("netlink.filter_not_attached", netns=self.netns, error=repr(exc))
+        return events
+
     async def start(self) -> None:
-        self._events = await subscribe(self.netns, self.GROUPS)
+        self._events = await self._subscribe()
         self._task = asyncio.create_task(self._read(), name=f"netlink-{self.netns or 'host'}")
 
     async def _read(self) -> None:
@@ -152,7 +204,7 @@ class _Hub:
         delay = 0.1
         while True:
             try:
-                return await subscribe(self.netns, self.GROUPS)
+                return await self._subscribe()
             except Exception as exc:    # e.g. out of sockets: keep trying, say so
                 log.error("netlink.resubscribe_failed", netns=self.netns, error=repr(exc))
                 await asyncio.sleep(delay)
