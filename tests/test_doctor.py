@@ -284,6 +284,9 @@ def test_the_lab_gateway_passes(make_lab, routing):
                  "rp_filter", *routes):
         assert checks[name]["status"] == PASS, checks[name]
     assert checks["frr"]["status"] == (PASS if routing == "bgp" else SKIP), checks["frr"]
+    # the lab's zebra runs with -K, as docs/install.md recommends; only cgw's zebra counts
+    assert checks["frr_graceful_restart"]["status"] == (PASS if routing == "bgp" else SKIP), \
+        checks["frr_graceful_restart"]
 
 
 def test_a_check_that_cannot_run_warns_instead_of_crashing():
@@ -291,3 +294,36 @@ def test_a_check_that_cannot_run_warns_instead_of_crashing():
         raise FileNotFoundError(2, "No such file or directory", "nft")
     r = doctor.guarded("firewall", broken)
     assert r.status == WARN and "FileNotFoundError" in r.detail and r.fix
+
+
+def _fake_proc(tmp_path, zebras):
+    """A /proc with this namespace's link and one zebra per entry (argv, same netns?)."""
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "self" / "ns" / "net").symlink_to("net:[4026531992]")
+    for i, (argv, same) in enumerate(zebras, start=100):
+        d = proc / str(i)
+        (d / "ns").mkdir(parents=True)
+        (d / "comm").write_text("zebra\n")
+        (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        (d / "ns" / "net").symlink_to("net:[4026531992]" if same else "net:[4026532999]")
+    (proc / "99").mkdir()
+    (proc / "99" / "comm").write_text("bgpd\n")
+    return proc
+
+
+@pytest.mark.parametrize("zebras, status", [
+    ([(["/usr/lib/frr/zebra", "-d", "-A", "127.0.0.1", "-s", "90000000"], True)], WARN),
+    ([(["/usr/lib/frr/zebra", "-d", "-A", "127.0.0.1", "-K", "60"], True)], PASS),
+    ([(["/usr/lib/frr/zebra", "--graceful_restart", "60"], True)], PASS),
+    # another namespace's zebra with -K says nothing about ours, which lacks it
+    ([(["/usr/lib/frr/zebra", "-K60"], False), (["/usr/lib/frr/zebra"], True)], WARN),
+    ([(["/usr/lib/frr/zebra", "-K", "60"], False)], SKIP),
+])
+def test_zebra_graceful_restart(tmp_path, zebras, status):
+    from vpnd.config.load import load_text
+    config = load_text(dumps(bgp_config()))
+    r = doctor.check_zebra_graceful_restart(config, _fake_proc(tmp_path, zebras))
+    assert r.status == status, r
+    if status == WARN:
+        assert "-K 60" in r.fix and "/etc/frr/daemons" in r.fix

@@ -37,7 +37,8 @@ def start(lab: Lab, role: str, timeout: float = 20.0) -> None:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns(role), str(FRR_BIN / daemon), "-F", "traditional",
              "-A", "127.0.0.1", "-P", "0", "--vty_socket", str(d), "-z", str(d / "zserv.api"),
-             "-i", str(d / f"{daemon}.pid"), "-f", str(d / "empty.conf")],
+             "-i", str(d / f"{daemon}.pid"), "-f", str(d / "empty.conf"),
+             *(["-K", "60"] if daemon == "zebra" else [])],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         daemons.wait_for_socket(d / f"{daemon}.vty", timeout, alive=lambda: proc.poll() is None,
                                 what=f"{daemon} in {role}")
