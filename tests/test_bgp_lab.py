@@ -22,6 +22,18 @@ pytestmark = pytest.mark.lab
 PEERS = BGP_PEERS
 
 
+def cloud_best(lab) -> str | None:
+    """The peer of the cloud's best BGP path to the LAN prefix (our announcement): the other
+    direction of standby = "prepend"."""
+    import json
+
+    out = frr.vtysh(lab.lab, "cloud", "-c", f"show bgp ipv4 unicast {lab.lab.plan.lan_net} json")
+    for path in json.loads(out or "{}").get("paths", []):
+        if path.get("bestpath", {}).get("overall"):
+            return path.get("peer", {}).get("peerId")
+    return None
+
+
 def vpc_device(lab) -> str | None:
     out = lab.lab.exec("cgw", "ip", "route", "get", lab.lab.plan.vpc_host, check=False).stdout.split()
     return out[out.index("dev") + 1] if "dev" in out else None
@@ -98,6 +110,9 @@ def test_drain_and_failover_move_traffic_without_shutting_sessions(make_lab):
     sock = str(lab.lab.dir / "control.sock")
     lab.wait_event("connection.active_changed", to="tunnel1", timeout=10)
     assert vpc_device(lab) == "vxlan1"
+    # both directions: the cloud prefers our announcement over tunnel 1 (tunnel 2's prepended)
+    wait_until("cloud's best path to the LAN via tunnel 1",
+               lambda: cloud_best(lab) == "169.254.10.2", 10, interval=0.05)
     pinger = Pinger(lab.lab, duration=30)
     wait_until("LAN->VPC answers", lambda: lab.lab.exec(
         "lan", "ping", "-c", "1", "-W", "1", lab.lab.plan.vpc_host, check=False).returncode == 0, 10)
@@ -112,6 +127,8 @@ def test_drain_and_failover_move_traffic_without_shutting_sessions(make_lab):
           f"{moved * 1000:.0f} ms after the command (route-map swap + soft clear "
           f"{swap['reaction_ms']} ms)")
     assert moved < 2.0
+    wait_until("cloud's best path to the LAN via tunnel 2",
+               lambda: cloud_best(lab) == "169.254.20.2", 10, interval=0.05)
     assert frr.established_peers(lab.lab, "cgw") == PEERS, "tunnel 1's session stays up"
     assert not lab.events("bgp.neighbor_set", enabled=False)
 

@@ -35,6 +35,7 @@ service integrated-vtysh-config
 !
 router bgp 65530
  bgp router-id 169.254.10.2
+ no bgp network import-check
  neighbor 169.254.10.1 remote-as 45104
  neighbor 169.254.10.1 bfd
  neighbor 169.254.10.1 bfd profile vpnd-vpc1
@@ -103,7 +104,8 @@ def wanted(**bgp):
 
 def test_running_config_parses_into_contexts():
     run = parse_running(RUNNING)
-    assert run.contexts[(R,)][:2] == ["bgp router-id 169.254.10.2", f"neighbor {T1} remote-as 45104"]
+    assert run.contexts[(R,)][:3] == ["bgp router-id 169.254.10.2", "no bgp network import-check",
+                                      f"neighbor {T1} remote-as 45104"]
     assert run.contexts[AF][-1] == "maximum-paths 32"
     assert run.contexts[("route-map vpnd-vpc1-standby-in permit 1",)] == ["set local-preference 50"]
     assert run.contexts[("bfd", "profile vpnd-vpc1")] == []
@@ -279,3 +281,9 @@ def test_real_outputs_with_fields_removed(data):
 @given(st.lists(st.text(alphabet=" !abcdeinortu-0123456789.\n", max_size=40), max_size=30))
 def test_running_parser_and_diff_survive_any_text(lines):
     diff(wanted(), parse_running("\n".join(lines)))
+
+
+def test_a_negated_default_is_undone_by_its_positive_form():
+    running = parse_running("router bgp 65530\n bgp router-id 1.1.1.1\n no bgp network import-check\nexit\n")
+    changes = diff([((R,), ["bgp router-id 1.1.1.1"])], running)
+    assert changes == [Change((R,), "bgp network import-check")]

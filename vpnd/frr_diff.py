@@ -179,7 +179,8 @@ def diff(wanted: list[tuple[Keys, list[str]]], running: Running) -> list[Change]
             m = re.match(r"^neighbor (\S+) remote-as ", h)
             if m:
                 dead_peers.add(m.group(1))
-            changes.append(Change(keys, f"no {h}"))
+            # a negated default (`no bgp network import-check`) is undone by the positive form
+            changes.append(Change(keys, h[3:] if h.startswith("no ") else f"no {h}"))
     # lines of a removed neighbor go with its `no neighbor P remote-as`
     changes = [c for c in changes if not _of_dead_peer(c.command, dead_peers)]
     # `no neighbor P bfd` takes its profile with it

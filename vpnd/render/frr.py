@@ -209,8 +209,14 @@ def frr_config(config: Config, active: Mapping[str, str | None] | None = None) -
         for n in bgp.networks or c.local_networks:
             if str(n) not in networks:
                 networks.append(str(n))
+    # `no bgp network import-check`: announce the configured networks as configured. With
+    # FRR's default a `network` needs an exact route in the RIB, so a summary such as a
+    # data centre's /16 behind a gateway with a /24 on its LAN port is silently never
+    # announced and the cloud never routes back (found in the lab). The static mode routes
+    # local_networks to the tunnel regardless; so does this.
     contexts += router_contexts(
-        first.bgp.local_asn, router_id(first), neighbors, networks, first.bgp.maximum_paths)
+        first.bgp.local_asn, router_id(first), neighbors, networks, first.bgp.maximum_paths,
+        extra=("no bgp network import-check",))
     return FrrConfig(tuple(contexts))
 
 
