@@ -16,6 +16,10 @@ is tunnel 1's cloud address becoming unreachable (IKE and ESP dropped): DPD's be
 wait is capped (`--baseline-cap`); `baseline_capped` says when the cap was hit.
 
     python bench/failover.py --mode bgp [--bfd-ms 100] [--timers 10,30] [--plain]
+    python bench/failover.py --mode policy
+
+`--mode policy` (libipsec backend): routing = "policy", no routes; the switch is vpnd making
+tunnel 2's CHILD SA the carrier, reaction_ms the VICI terminate + initiate it took.
 
 BGP mode (libipsec backend): vpnd configures cgw's FRR; traffic follows zebra's BGP route.
 vpnd shuts tunnel 1's neighbor when its probes fail; --bfd-ms adds BFD on both sides; --plain
@@ -114,6 +118,34 @@ def measure_vpnd(lab: Lab, opts: scenario.Options, fault: str) -> dict:
         - routed["reaction_ms"] / 1000
     return {"outage_ms": report.outage_ms, "detection_ms": round((decided - fault_wall) * 1000, 1),
             "reaction_ms": routed["reaction_ms"], "pings_sent": report.sent,
+            "pings_received": report.received, "reason": switch.get("reason")}
+
+
+def measure_policy(lab: Lab, opts: scenario.Options, fault: str) -> dict:
+    """Policy mode (no routes): the switch is vpnd replacing tunnel 2's CHILD SA so that it
+    carries; the pinger tells when traffic flowed again. reaction_ms: the VICI switch."""
+    slow = 5.0 if scenario.emulated() else 1.0
+    daemons.start_vpnd(lab, lab.dir / "vpnd.toml")
+    wait_until("both tunnels up", lambda: both_established(lab), 60 * slow)
+    wait_until("tunnel 1 asserted", lambda: any(e.get("active") == "tunnel1"
+                                                for e in events(lab, "policy.switched")), 30 * slow)
+    pinger = Pinger(lab, duration=60 * slow)
+    time.sleep(1.0)
+    faults.random_phase(opts.interval)
+    if fault == "blackhole":
+        faults.blackhole(lab, 0, opts.backend, "policy")
+    else:
+        faults.peer_unreachable(lab, 0)
+    fault_wall = time.time()
+    wait_until("failover", lambda: any(e.get("active") == "tunnel2" and e.get("op") == "replace_child"
+                                       for e in events(lab, "policy.switched")), 30 * slow, interval=0.005)
+    time.sleep(0.5 * slow)
+    report = pinger.stop()
+    switch = [e for e in events(lab, "connection.active_changed") if e.get("active") == "tunnel2"][-1]
+    done = [e for e in events(lab, "policy.switched") if e.get("active") == "tunnel2"][-1]
+    decided = datetime.fromisoformat(switch["timestamp"].replace("Z", "+00:00")).timestamp()
+    return {"outage_ms": report.outage_ms, "detection_ms": round((decided - fault_wall) * 1000, 1),
+            "reaction_ms": done.get("total_ms"), "pings_sent": report.sent,
             "pings_received": report.received, "reason": switch.get("reason")}
 
 
@@ -256,6 +288,8 @@ def one_run(opts: scenario.Options, *, fault: str, baseline: bool, baseline_faul
         config = scenario.up(lab, opts)
         if opts.routing == "bgp":
             return measure_bgp(lab, opts, fault)
+        if opts.routing == "policy":
+            return measure_policy(lab, opts, fault)
         result = measure_vpnd(lab, opts, fault)
         if baseline:
             result.update(measure_baseline(lab, config, opts, baseline_fault, cap))
@@ -270,6 +304,8 @@ def summarize(runs: list[dict], args: argparse.Namespace, opts: scenario.Options
            "max_outage_ms": max(r["outage_ms"] for r in runs),
            "probe_interval_s": opts.interval, "probe_timeout_s": opts.timeout or opts.interval,
            "probe_retries": opts.retries}
+    if opts.routing == "policy":
+        out["mode"] = "policy"
     if opts.routing == "bgp":
         out.update({"mode": "bgp", "bgp_timers": list(opts.bgp_timers), "bfd_ms": opts.bfd_ms,
                     "probes_switch": opts.switch_route})
@@ -327,13 +363,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--baseline-cap", type=float, default=240.0, help="longest wait for DPD (s)")
     ap.add_argument("--baseline-fault", default="unreachable", choices=FAULTS)
     ap.add_argument("--baseline-runs", type=int, default=1, help="how many of the runs also measure the baseline")
-    ap.add_argument("--mode", default="static", choices=["static", "bgp"])
+    ap.add_argument("--mode", default="static", choices=["static", "bgp", "policy"],
+                    help="static: route mode (XFRM interfaces or the libipsec overlay); policy: "
+                         "routing = \"policy\" (which CHILD SA carries); bgp: FRR")
     ap.add_argument("--bfd-ms", type=int, default=None, help="bgp: BFD tx/rx interval (x3)")
     ap.add_argument("--timers", default="1,3", help="bgp: keepalive,hold (vendor: 10,30)")
     ap.add_argument("--plain", action="store_true", help="bgp: probes report only; BGP/BFD decide")
     args = ap.parse_args(argv)
     if args.mode == "bgp" and args.baseline:
         ap.error("--mode bgp: the baseline is its own run: --plain --timers 10,30")
+    if args.mode == "policy" and args.baseline:
+        ap.error("--mode policy: the baseline is the static mode's (--mode static --baseline)")
     return args
 
 
@@ -342,6 +382,8 @@ def options(args: argparse.Namespace, backend: str) -> scenario.Options:
     opts = scenario.Options(backend=backend, interval=args.interval or base.interval,
                             timeout=args.timeout if args.timeout is not None else base.timeout,
                             retries=args.retries, preempt_delay=30.0, dpd_delay=10)
+    if args.mode == "policy":
+        opts = replace(opts, routing="policy")
     if args.mode == "bgp":
         timers = tuple(int(x) for x in args.timers.split(","))
         opts = replace(opts, routing="bgp", frr_by_vpnd=True, bgp_timers=timers, bfd_ms=args.bfd_ms,
@@ -351,8 +393,9 @@ def options(args: argparse.Namespace, backend: str) -> scenario.Options:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # bgp mode is measured on the host kernel's libipsec lab (FRR in namespaces)
-    backend = "libipsec" if args.mode == "bgp" and args.backend == "auto" else choose_backend(args.backend)
+    # bgp and policy modes are measured on the host kernel's libipsec lab
+    backend = "libipsec" if args.mode in ("bgp", "policy") and args.backend == "auto" \
+        else choose_backend(args.backend)
     print(f"bench: backend {backend}", flush=True)
     if backend == "vm":
         return run_in_vm(args)

@@ -57,3 +57,13 @@ def test_last_line_has_the_figures_and_the_baseline(bench):
 def test_backend_choice_can_be_forced(bench):
     assert bench.choose_backend("libipsec") == "libipsec"
     assert bench.choose_backend("vm") == "vm"
+
+
+def test_policy_mode_is_a_mode_of_its_own(bench):
+    args = bench.parse_args(["--mode", "policy", "--runs", "1"])
+    opts = bench.options(args, "libipsec")
+    assert opts.routing == "policy"
+    out = bench.summarize([{"outage_ms": 350.0, "detection_ms": 330.0, "reaction_ms": 11.0}], args, opts)
+    assert out["mode"] == "policy" and out["reaction_ms"] == 11.0
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--mode", "policy", "--baseline"])
