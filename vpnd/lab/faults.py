@@ -31,6 +31,17 @@ def random_phase(probe_interval: float) -> float:
 
 
 def blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> None:
+    _drop(lab, _blackhole_rules(lab, tunnel, backend, routing))
+
+
+def only_blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> None:
+    """Repair every other black hole and keep (or make) tunnel n's, in one nft transaction:
+    a flush followed by a new rule would open tunnel n for a moment, long enough for a probe
+    to get through and make it usable."""
+    _drop(lab, _blackhole_rules(lab, tunnel, backend, routing), flush=True)
+
+
+def _blackhole_rules(lab: Lab, tunnel: int, backend: str, routing: str) -> list[str]:
     if routing == "policy":
         # ESP-in-UDP of that tunnel only: IKE shares port 4500 but starts with a zero
         # non-ESP marker, ESP with its (non-zero) SPI, 8 bytes into the UDP header.
@@ -42,13 +53,14 @@ def blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> No
         rules = [f"ip saddr {ours} udp dport 4789 drop", f"ip daddr {ours} udp dport 4789 drop"]
     else:
         rules = [f'iifname "cloud{tunnel}" drop', f'oifname "cloud{tunnel}" drop']
-    _drop(lab, rules)
+    return rules
 
 
-def _drop(lab: Lab, rules: list[str]) -> None:
+def _drop(lab: Lab, rules: list[str], flush: bool = False) -> None:
     """All rules in one nft transaction: both directions fail at the same instant."""
     path = lab.dir / "nft-fault.conf"
-    path.write_text("".join(f"add rule ip vpndlab blackhole {rule}\n" for rule in rules))
+    path.write_text(("flush chain ip vpndlab blackhole\n" if flush else "")
+                    + "".join(f"add rule ip vpndlab blackhole {rule}\n" for rule in rules))
     lab.exec("cloud", "nft", "-f", str(path))
 
 
