@@ -5,7 +5,7 @@ installed): the failure that IKE alone never notices. In the libipsec backend ES
 UDP 4500 like IKE, so the drop is on the decrypted inner traffic (the tunnel's VXLAN), or in
 policy mode (no VXLAN) on that tunnel's ESP packets told apart from IKE by the marker; in the
 native backend it is everything through the cloud's XFRM interface of that tunnel, or in policy
-mode that tunnel's ESP (IP protocol 50).
+mode that tunnel's ESP (in UDP, as the lab's config asks, or plain).
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from vpnd.lab.topology import Lab, LabError, sh
 
 
 def blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> None:
-    if routing == "policy" and backend != "libipsec":
-        # kernel ESP (IP protocol 50, no UDP encapsulation) of that tunnel only; IKE stays up.
-        cloud = lab.plan.cloud_wan[tunnel]
-        rules = [f"ip daddr {cloud} meta l4proto esp drop", f"ip saddr {cloud} meta l4proto esp drop"]
-    elif routing == "policy":
+    if routing == "policy":
         # ESP-in-UDP of that tunnel only: IKE shares port 4500 but starts with a zero
-        # non-ESP marker, ESP with its (non-zero) SPI, 8 bytes into the UDP header.
+        # non-ESP marker, ESP with its (non-zero) SPI, 8 bytes into the UDP header. The
+        # lab's config has nat_traversal (`encap = yes`), so kernel ESP travels in UDP too;
+        # plain ESP (IP protocol 50) is dropped as well for configs without it.
         cloud = lab.plan.cloud_wan[tunnel]
         rules = [f"ip daddr {cloud} udp dport 4500 @th,64,32 != 0 drop",
                  f"ip saddr {cloud} udp sport 4500 @th,64,32 != 0 drop"]
+        if backend != "libipsec":
+            rules += [f"ip daddr {cloud} meta l4proto esp drop", f"ip saddr {cloud} meta l4proto esp drop"]
     elif backend == "libipsec":
         ours = lab.plan.endpoints[tunnel][0]
         rules = [f"ip saddr {ours} udp dport 4789 drop", f"ip daddr {ours} udp dport 4789 drop"]
