@@ -1,5 +1,6 @@
-"""vpnd/policy.py's procedure, against a recording stand-in for the charon adapter: the kernel
-XFRM path cannot run on this host (no ESP), the libipsec path also runs on real charons in
+"""vpnd/policy.py's procedure, against a recording stand-in for the charon adapter (and for
+the kernel's policy dump): the kernel XFRM path runs for real only in the vm tier
+(tests/test_vm_policy_xfrm.py), the libipsec path also runs on real charons in
 tests/test_policy_mode.py."""
 
 from __future__ import annotations
