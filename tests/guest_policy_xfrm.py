@@ -320,6 +320,9 @@ def test_vpnd_sigkilled_and_restarted_adopts_what_the_kernel_uses(rl):
     assert back["op"] == "replace_child", back
     assert policy_carrier(lab) == "tunnel1"
     assert report.outage_ms < 1000, report
+    # every switch and demotion above replaced CHILD SAs: the core never saw one missing
+    gaps = [e for e in rl.events("tunnel.state_changed") if "without a CHILD SA" in e.get("reason", "")]
+    assert gaps == [], gaps
 
 
 def test_on_a_priority_tie_the_newest_child_sa_takes_the_policy(rl):
