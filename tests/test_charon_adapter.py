@@ -411,3 +411,32 @@ async def test_update_while_charon_is_away_is_applied_on_reconnect(adapter, char
     await charon.start()
     await until(lambda: "vpnd-c1-t2" in charon.conn_configs)
     assert sorted(charon.shared) == ["vpnd-c1-t1", "vpnd-c1-t2"]
+
+
+async def test_replace_child_gap_is_not_resynced_as_a_tunnel_without_child(adapter, charon):
+    """replace_child terminates, then initiates: in between charon lists the IKE SA without a
+    CHILD SA. charon announces the deletion (child-updown) before it answers the terminate;
+    the event pokes the poller, whose resync 0.2 s later must not report that gap to the core
+    (the chosen tunnel would look broken mid-switch). Seen in the vm guest, where a terminate
+    takes longer than 0.2 s under emulation; the resync after the switch shows the new one."""
+    await adapter.apply(desired("vpnd-c1-t1"))
+    adapter.tunnels.update(TUNNELS)
+    charon.sas = [{"vpnd-c1-t1": ike(1, **{"child-sas": {"x": child(2)}})}]
+
+    def initiate(conn, body):
+        charon.sas = [{"vpnd-c1-t1": ike(1, **{"child-sas": {"y": child(3)}})}]
+        return {"success": "yes"}
+    charon.handlers["initiate"] = initiate
+    charon.delays["terminate"] = 0.5
+    adapter.events.clear()
+    task = asyncio.create_task(adapter.replace_child(T1))
+    await until(lambda: any(n == "terminate" for n, _ in charon.requests))
+    charon.sas = [{"vpnd-c1-t1": ike(1)}]          # deleted, the answer still to come
+    charon.emit("child-updown", {"vpnd-c1-t1": ike(1, **{"child-sas": {"x": child(2)}})})
+    assert await task == 3
+    await until(lambda: any(isinstance(e, SaSnapshot) for e in adapter.events), timeout=3)
+    snaps = [e for e in adapter.events if isinstance(e, SaSnapshot)]
+    t1 = [sa for s in snaps for sa in s.sas if sa.tunnel == T1]
+    assert [sa.child_id for sa in t1] == [3], t1
+    assert ChildRekeyed(T1, 2, 3) in adapter.events
+    assert not any(isinstance(e, ChildDown) for e in adapter.events)

@@ -1,10 +1,12 @@
-"""vpnd/policy.py's procedure, against a recording stand-in for the charon adapter: the kernel
-XFRM path cannot run on this host (no ESP), the libipsec path also runs on real charons in
+"""vpnd/policy.py's procedure, against a recording stand-in for the charon adapter (and for
+the kernel's policy dump): the kernel XFRM path runs for real only in the vm tier
+(tests/test_vm_policy_xfrm.py), the libipsec path also runs on real charons in
 tests/test_policy_mode.py."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 from core_helpers import config, connection
 from vpnd.core.events import TunnelKey
@@ -110,16 +112,32 @@ def test_libipsec_reasserts_when_the_standby_child_is_reinstalled():
     assert [c for c in charon.calls if c[0] == "replace"] == [("replace", "t1"), ("replace", "t1")]
 
 
+def kernel_names(tunnel: int | None):
+    """A stand-in for the kernel's policy dump: the outbound LAN -> VPC policy (and its
+    inbound twin) with tunnel n's endpoints in the template, as kernel-netlink installs it."""
+    from vpnd.xfrm_policy import Policy, Template
+
+    def dump():
+        if tunnel is None:
+            return []
+        lan, vpc = ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("10.0.0.0/16")
+        return [Policy(vpc, lan, "in", 1, (Template(f"198.18.0.{tunnel}", "198.18.0.2", 0, tunnel),)),
+                Policy(lan, vpc, "out", 1, (Template("198.18.0.2", f"198.18.0.{tunnel}", 0x1234, tunnel),))]
+    return dump
+
+
 def test_kernel_xfrm_also_gives_the_demoted_tunnel_a_priority_2_child():
     charon = FakeCharon(("kernel-netlink",), {"t1": [(1, 1)], "t2": [(2, 2)]})
     sel = PolicySelector(POLICY, charon)
+    sel.read_kernel = kernel_names(None)        # nothing installed yet: assert
 
     async def main():
         await sel.set_active("c", "t1")
         await sel.set_active("c", "t2")
         await asyncio.gather(*sel._tasks)
-        sel.child_installed(TunnelKey("c", "t1"))      # priorities decide there: no re-assert
-        assert not sel._tasks
+        sel.read_kernel = kernel_names(2)
+        sel.child_installed(TunnelKey("c", "t1"))      # the kernel still sends via t2: nothing
+        await asyncio.gather(*sel._tasks)
 
     run(main())
     # t1 chosen (its demotion of t2 is overtaken by the switch to t2), then t2 chosen and t1
@@ -152,3 +170,66 @@ def test_charon_refusing_leaves_the_choice_unmade_so_it_is_retried():
     run(main())
     assert sel.active == {"c": "t1"} and sel.failed == {}
     assert ("replace", "t1") in charon.calls
+
+
+def test_kernel_xfrm_restart_adopts_the_tunnel_the_kernel_policy_names():
+    """vpnd restarted on kernel XFRM: the kernel's outbound policy names tunnel 2, so the
+    core hears it (carrier_in) and the first SetActive(t2) replaces no CHILD SA."""
+    from vpnd.core.events import SaSnapshot, TunnelSa
+
+    charon = FakeCharon(("kernel-netlink",), {"t1": [(7, 1)], "t2": [(8, 2)]})
+    charon.loaded_plugins = ("kernel-netlink", "vici")
+    sel = PolicySelector(POLICY, charon)
+    sel.read_kernel = kernel_names(2)
+    snap = SaSnapshot((TunnelSa(TunnelKey("c", "t1"), 1, "ESTABLISHED", 7, "INSTALLED"),
+                       TunnelSa(TunnelKey("c", "t2"), 2, "ESTABLISHED", 8, "INSTALLED")))
+    sel.found_at_start(snap)
+    assert sel.carrier_in(snap, POLICY.connections[0]) == "t2"
+    done = run(sel.set_active("c", "t2"))
+    assert done["op"] == "adopted"
+    assert not [c for c in charon.calls if c[0] == "replace"]
+    # the priorities are reloaded all the same (t2 first), for later CHILD SAs
+    assert ("load", "vpnd-c-t2", "1") in charon.calls and ("load", "vpnd-c-t1", "2") in charon.calls
+
+
+def test_kernel_xfrm_restart_asserts_when_the_kernel_names_the_other_tunnel():
+    charon = FakeCharon(("kernel-netlink",), {"t1": [(7, 1)], "t2": [(8, 2)]})
+    sel = PolicySelector(POLICY, charon)
+    sel.read_kernel = kernel_names(2)
+
+    async def main():
+        assert (await sel.set_active("c", "t1"))["op"] == "replace_child"
+        await asyncio.gather(*sel._tasks)
+
+    run(main())
+    assert [c[1] for c in charon.calls if c[0] == "replace"] == ["t1", "t2"]
+
+
+def test_kernel_xfrm_reasserts_when_a_reinstalled_child_took_the_policy():
+    """A predecessor killed between a switch and its demotion leaves t2's CHILD SA at
+    priority 1; its rekey (same priority, newest) takes the kernel policy: vpnd sees the
+    kernel name t2 after the install and re-asserts t1, then demotes t2."""
+    charon = FakeCharon(("kernel-netlink",), {"t1": [(7, 1)], "t2": [(8, 2)]})
+    sel = PolicySelector(POLICY, charon)
+    sel.read_kernel = kernel_names(1)
+
+    async def main():
+        assert (await sel.set_active("c", "t1"))["op"] == "adopted"
+        sel.read_kernel = kernel_names(2)
+        sel.child_installed(TunnelKey("c", "t2"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+            await asyncio.gather(*sel._tasks)
+
+    run(main())
+    assert [c[1] for c in charon.calls if c[0] == "replace"] == ["t1", "t2"]
+
+
+def test_kernel_unreadable_means_assert():
+    charon = FakeCharon(("kernel-netlink",), {"t1": [(7, 1)], "t2": [(8, 2)]})
+    sel = PolicySelector(POLICY, charon)
+
+    def refuse():
+        raise PermissionError(1, "Operation not permitted")
+    sel.read_kernel = refuse
+    assert run(sel.set_active("c", "t1"))["op"] == "replace_child"

@@ -387,6 +387,10 @@ class CharonAdapter:
             self._poke.clear()
             if not self.client.connected:
                 continue
+            if self._replacing:
+                # replace_child between its terminate and its initiate: charon would list the
+                # tunnel without a CHILD SA; it pokes again when done
+                continue
             try:
                 await self.resync()
             except ViciException as e:
@@ -622,6 +626,7 @@ class CharonAdapter:
             new = []
         finally:
             self._replacing.difference_update(ids)
+            self._poke.set()        # the resync the replacement held back
         if not new:
             for child_id, ike_id in old:     # what we swallowed: the core must know the truth
                 self._emit(ChildDown(tunnel, ike_id, child_id, "replaced, and the new one failed"))

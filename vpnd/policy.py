@@ -7,9 +7,11 @@ interfaces. What picks the tunnel, measured with charon 5.9.8 (docs/policy-mode.
   ignored; deleting the carrier falls back to the other. Neither `load-conn` with swapped
   priorities nor `rekey` moves traffic; a fresh CHILD SA on the preferred tunnel does, with
   no packet lost.
-- kernel XFRM (kernel-netlink, read from its source): both children share one kernel policy
-  per selector; the installed template is the CHILD SA with the lowest `priority` value, and
-  on a tie the newest. A rekey keeps the CHILD SA's old config (and priority).
+- kernel XFRM (kernel-netlink; measured on Debian 12's kernel 6.1 in the vm tier,
+  tests/guest_policy_xfrm.py): both children share one kernel policy per selector; its
+  template is the CHILD SA with the lowest `priority` value, and on a tie the newest. A rekey
+  of the standby (priority 2) does not take the traffic. The kernel's outbound policy names
+  the carrier (its template's endpoints): vpnd reads it (vpnd/xfrm_policy.py).
 
 So one procedure serves both: reload the connection's conns with the chosen tunnel at
 priority 1 and the others at 2 (future CHILD SAs, re-initiations and kernel XFRM obey it),
@@ -20,7 +22,9 @@ so users lose nothing; the tunnel being left keeps carrying until the new one is
 On kernel XFRM the tunnel being left also gets a fresh CHILD SA (priority 2), or its next
 rekey, which keeps the old priority 1 and is newest, would take the traffic back. On
 libipsec that would take it back at once; there instead, whenever another tunnel's CHILD SA
-is (re)installed (a rekey, a re-initiation), the chosen one is re-asserted.
+is (re)installed (a rekey, a re-initiation), the chosen one is re-asserted. On kernel XFRM the
+same event makes vpnd read the kernel's outbound policy, and re-assert only if it names
+another tunnel; a restarted vpnd adopts the tunnel it names (no CHILD SA replaced).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from vpnd import logs
+from vpnd import logs, xfrm_policy
 from vpnd.config.model import Config, ConnectionConfig
 from vpnd.core.events import TunnelKey
 
@@ -51,6 +55,7 @@ class PolicySelector:
         self._lock = asyncio.Lock()     # one CHILD SA replacement at a time (switch, re-assert)
         self.found: set[int] = set()    # CHILD SAs charon already had when vpnd connected
         self.failed: dict[str, str] = {}   # connection -> tunnel whose switch charon refused
+        self.read_kernel = xfrm_policy.dump   # kernel XFRM's policies (tests replace it)
 
     def _conn(self, name: str) -> ConnectionConfig:
         return next(c for c in self.config.connections if c.name == name)
@@ -69,17 +74,38 @@ class PolicySelector:
         """The first SaSnapshot after vpnd started: the CHILD SAs a predecessor left."""
         self.found = {sa.child_id for sa in snapshot.sas if sa.child_id is not None}
 
+    def kernel_carrier(self, conn: ConnectionConfig) -> str | None:
+        """kernel XFRM: the tunnel the kernel sends the connection's flows through, read from
+        its outbound policy for the shared selector (first local -> first remote network):
+        the template's endpoints are that tunnel's addresses. None when it cannot be told
+        (no such policy, netlink refused, endpoints of no single tunnel)."""
+        try:
+            policies = self.read_kernel()
+        except OSError as e:
+            log.warning("policy.kernel_unreadable", connection=conn.name, error=str(e))
+            return None
+        if not conn.local_networks or not conn.remote_networks:
+            return None
+        tmpl = xfrm_policy.outbound_template(str(conn.local_networks[0]), str(conn.remote_networks[0]),
+                                             policies)
+        if tmpl is None:
+            return None
+        named = [t.name for t in conn.tunnels
+                 if str(t.remote_address) == tmpl.dst and str(t.local_address) == tmpl.src]
+        return named[0] if len(named) == 1 else None
+
     def carrier_in(self, snapshot: Any, conn: ConnectionConfig) -> str | None:
-        """The first SaSnapshot after vpnd started, on libipsec: the tunnel whose newest
-        CHILD SA carries the traffic (every SA in it predates this vpnd, see carrier()).
-        None when that cannot be told: kernel XFRM, plugins not known, no CHILD SA."""
+        """The first SaSnapshot after vpnd started: the tunnel that carries the traffic.
+        libipsec: the one whose newest CHILD SA is in it (every SA in it predates this vpnd,
+        see carrier()); kernel XFRM: the one the kernel's outbound policy names. None when
+        that cannot be told: plugins not known, no CHILD SA, no policy."""
         if self._newest_wins is None:
             plugins = getattr(self.charon, "loaded_plugins", None)
             if plugins is None:
                 return None
             self._newest_wins = LIBIPSEC in plugins
         if not self._newest_wins:
-            return None
+            return self.kernel_carrier(conn)
         best: tuple[int, str] | None = None
         for sa in snapshot.sas:
             if (sa.tunnel.connection == conn.name and sa.child_id is not None
@@ -148,7 +174,7 @@ class PolicySelector:
             await self.charon.client.load_conn({name: desired.conns[name]})
         loaded = time.perf_counter()
         newest_wins = await self.newest_wins()
-        if first and newest_wins and await self.carrier(conn) == tunnel:
+        if first and (await self.carrier(conn) if newest_wins else self.kernel_carrier(conn)) == tunnel:
             # vpnd (re)started and charon already sends through the chosen tunnel: adopt it
             return {"op": "adopted", "load_ms": _ms(t0, loaded)}
         child = await self.charon.replace_child(TunnelKey(connection, tunnel))
@@ -185,20 +211,33 @@ class PolicySelector:
 
     def child_installed(self, tunnel: TunnelKey) -> None:
         """A CHILD SA of `tunnel` was (re)installed (ChildUp / ChildRekeyed). On libipsec it
-        now carries the traffic: if vpnd chose another tunnel, re-assert that one."""
+        now carries the traffic: if vpnd chose another tunnel, re-assert that one. On kernel
+        XFRM priorities decide, unless the new CHILD SA kept priority 1 (a predecessor
+        killed between a switch and its demotion): re-assert only if the kernel's outbound
+        policy now names another tunnel than the chosen one."""
         chosen = self.active.get(tunnel.connection)
-        if chosen is None or chosen == tunnel.tunnel or self._newest_wins is not True:
+        if chosen is None or chosen == tunnel.tunnel or self._newest_wins is None:
             return
+        kernel = not self._newest_wins
 
         async def reassert() -> None:
             async with self._lock:
                 if self.active.get(tunnel.connection) != chosen:
                     return          # a switch happened meanwhile
+                conn = self._conn(tunnel.connection)
+                carrier = self.kernel_carrier(conn) if kernel else None
+                if kernel and carrier in (None, chosen):
+                    return
                 t0 = time.perf_counter()
                 child = await self.charon.replace_child(TunnelKey(tunnel.connection, chosen))
                 log.info("policy.reasserted", connection=tunnel.connection, active=chosen,
-                         because=f"{tunnel.tunnel}'s CHILD SA was installed", child_id=child,
-                         vici_ms=_ms(t0, time.perf_counter()))
+                         because=f"{tunnel.tunnel}'s CHILD SA was installed"
+                         + (f" and the kernel's policy named {carrier}" if kernel else ""),
+                         child_id=child, vici_ms=_ms(t0, time.perf_counter()))
+            if kernel and child is not None:
+                for t in conn.tunnels:
+                    if t.name != chosen:
+                        self._background(self._demote(TunnelKey(tunnel.connection, t.name), chosen))
         self._background(reassert())
 
     def _background(self, coro) -> None:

@@ -4,7 +4,8 @@
 installed): the failure that IKE alone never notices. In the libipsec backend ESP travels in
 UDP 4500 like IKE, so the drop is on the decrypted inner traffic (the tunnel's VXLAN), or in
 policy mode (no VXLAN) on that tunnel's ESP packets told apart from IKE by the marker; in the
-native backend it is everything through the cloud's XFRM interface of that tunnel.
+native backend it is everything through the cloud's XFRM interface of that tunnel, or in policy
+mode that tunnel's ESP (in UDP, as the lab's config asks, or plain).
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ def only_blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") 
 def _blackhole_rules(lab: Lab, tunnel: int, backend: str, routing: str) -> list[str]:
     if routing == "policy":
         # ESP-in-UDP of that tunnel only: IKE shares port 4500 but starts with a zero
-        # non-ESP marker, ESP with its (non-zero) SPI, 8 bytes into the UDP header.
+        # non-ESP marker, ESP with its (non-zero) SPI, 8 bytes into the UDP header. The
+        # lab's config has nat_traversal (`encap = yes`), so kernel ESP travels in UDP too;
+        # plain ESP (IP protocol 50) is dropped as well for configs without it.
         cloud = lab.plan.cloud_wan[tunnel]
         rules = [f"ip daddr {cloud} udp dport 4500 @th,64,32 != 0 drop",
                  f"ip saddr {cloud} udp sport 4500 @th,64,32 != 0 drop"]
+        if backend != "libipsec":
+            rules += [f"ip daddr {cloud} meta l4proto esp drop", f"ip saddr {cloud} meta l4proto esp drop"]
     elif backend == "libipsec":
         ours = lab.plan.endpoints[tunnel][0]
         rules = [f"ip saddr {ours} udp dport 4789 drop", f"ip daddr {ours} udp dport 4789 drop"]
@@ -74,6 +79,18 @@ def peer_unreachable(lab: Lab, tunnel: int) -> None:
 
 def repair(lab: Lab) -> None:
     lab.exec("cloud", "nft", "flush", "chain", "ip", "vpndlab", "blackhole")
+
+
+def cloud_sends_on(lab: Lab, tunnel: int | None) -> None:
+    """The cloud moves what it sends to the LAN (replies included) onto tunnel n, whichever
+    tunnel the traffic came in on: the seed's "the cloud may proactively switch traffic to the
+    standby tunnel". None: back to answering on the tunnel a flow arrived on. Native backend
+    (the cloud's XFRM interfaces cloud0/cloud1 and per-tunnel tables)."""
+    lab.exec("cloud", "nft", "flush", "chain", "ip", "vpndlab", "steer")
+    if tunnel is not None:
+        path = lab.dir / "nft-steer.conf"
+        path.write_text(f'add rule ip vpndlab steer iifname "vpc0" meta mark set {tunnel + 1}\n')
+        lab.exec("cloud", "nft", "-f", str(path))
 
 
 def terminate_ike(lab: Lab, connection: str, tunnel: str) -> None:

@@ -14,6 +14,12 @@ Backends:
   charon's libipsec routes everything into its TUN and picks the CHILD SA (docs/policy-mode.md).
 - `native` (kernel ESP and XFRM interfaces): vpnd creates ipsec0/ipsec1 (if_id 42/43) in cgw;
   the lab creates the cloud's own XFRM interfaces (if_id 52/53); TS 0.0.0.0/0 as in seed 003.
+- `native` with `routing = "policy"` (kernel XFRM, the real gateway's policy mode): in cgw no
+  XFRM interface and no route from charon; both tunnels' CHILD SAs carry LAN <-> VPC (plus
+  each tunnel's endpoint /32 pair as its probe path) and the kernel policy charon installs
+  for the shared selector picks the SA. cgw only routes the VPC towards the cloud so packets
+  reach the policy lookup. The cloud stays route-based (XFRM interfaces, if_id 52/53, its
+  two CHILD SAs do not share policies), so it can send on either tunnel at will.
 
 The cloud returns traffic on the tunnel its latest packet arrived on (every packet from a
 tunnel re-marks its conntrack entry; the mark picks a per-tunnel table): vpnd probes each
@@ -152,13 +158,14 @@ def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
     """Per backend: what carries each tunnel's traffic, on both sides."""
     p = lab.plan
     if opts.routing == "policy":
-        if opts.backend != "libipsec":
-            raise LabError("policy mode runs on the libipsec backend only (so far)")
         for i in range(2):      # each tunnel's probe path; TS addresses must exist (lab-notes)
             ours, theirs = p.endpoints[i]
             lab.ip("cgw", "addr", "add", f"{ours}/32", "dev", "lo")
             lab.ip("cloud", "addr", "add", f"{theirs}/32", "dev", "lo")
-        nft(lab, "cloud", _cloud_table(""))
+        if opts.backend == "libipsec":
+            nft(lab, "cloud", _cloud_table(""))
+            return
+        _policy_native(lab)
         return
     if opts.backend == "libipsec":
         for i in range(2):
@@ -199,14 +206,43 @@ def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
     nft(lab, "cloud", _cloud_table(rules))
 
 
+def _policy_native(lab: Lab) -> None:
+    """Policy mode on kernel XFRM. cgw, where vpnd runs: no XFRM interfaces, no routes from
+    charon; the kernel's policies (one per selector, shared by both CHILD SAs) pick the SA.
+    A packet is only offered to the outbound policies once a route exists, so cgw routes the
+    VPC and the cloud's probe endpoints towards the "internet" (which address does not
+    matter: the policy's template sets the tunnel).
+    The cloud: route-based, with its own XFRM interfaces cloud0/cloud1 (if_id 52/53: its
+    two CHILD SAs get separate policies) and answers on the tunnel a flow's latest packet
+    arrived on (conntrack mark -> per-tunnel table), like the native route backend. The
+    `steer` chain (faults.cloud_sends_on) overrides that: the cloud moving traffic itself."""
+    p = lab.plan
+    lab.ip("cgw", "route", "add", p.vpc_net, "via", p.cloud_wan[0], "dev", "wan0")
+    for i in range(2):
+        lab.ip("cgw", "route", "add", f"{p.endpoints[i][1]}/32", "via", p.cloud_wan[i], "dev", "wan0")
+        dev = f"cloud{i}"
+        lab.ip("cloud", "link", "add", dev, "type", "xfrm", "dev", "wan0", "if_id", str(CLOUD_IF_IDS[i]))
+        lab.ip("cloud", "link", "set", dev, "up")
+        lab.ip("cloud", "route", "add", f"{p.endpoints[i][0]}/32", "dev", dev)
+        lab.ip("cloud", "route", "add", p.lan_net, "dev", dev, "metric", str(100 + i))
+        lab.ip("cloud", "route", "add", p.lan_net, "dev", dev, "table", str(101 + i))
+        lab.ip("cloud", "rule", "add", "fwmark", str(i + 1), "table", str(101 + i), "priority", str(100 + i))
+    rules = "\n".join(f'  iifname "cloud{i}" ct mark set {i + 1}' for i in range(2))
+    nft(lab, "cloud", _cloud_table(rules))
+
+
 def _cloud_table(rules: str) -> str:
-    """The cloud's nft table: conntrack marks for symmetric return (route modes) and the
-    empty `blackhole` chain that faults.blackhole fills."""
+    """The cloud's nft table: conntrack marks for symmetric return (route modes), the empty
+    `steer` chain (faults.cloud_sends_on) and the empty `blackhole` chain that
+    faults.blackhole fills."""
     return f"""table ip vpndlab {{
  chain pre {{
   type filter hook prerouting priority mangle; policy accept;
 {rules}
   meta mark set ct mark
+  jump steer
+ }}
+ chain steer {{
  }}
  chain blackhole {{
  }}
