@@ -329,7 +329,7 @@ def run_in_vm(args: argparse.Namespace) -> int:
     from vpnd.lab import vm
 
     argv = ["python", "bench/failover.py", "--backend", "native", "--runs", str(args.runs),
-            "--retries", str(args.retries), "--fault", args.fault]
+            "--retries", str(args.retries), "--fault", args.fault, "--mode", args.mode]
     if args.interval is not None:
         argv += ["--interval", str(args.interval)]
     if args.timeout is not None:
