@@ -108,7 +108,9 @@ def interpreter_dirs_under_home() -> list[str]:
     """The lab's venv may be made from an interpreter under /root (pyenv): ProtectHome=yes
     hides it and exec of the venv's vpnd fails with ENOENT (the shebang's python3 -> /root/...).
     Production venvs come from /usr/bin/python3 (docs/install.md); the lab exposes just that
-    interpreter tree, read-only, instead of weakening ProtectHome."""
+    interpreter tree, read-only. With ProtectHome=yes systemd drops a bind mount below /root
+    (an inaccessible path obstructs it); ProtectHome=tmpfs hides the homes just as well and
+    lets the one bind through (systemd.exec(5))."""
     base = Path(os.path.realpath(sys.executable)).parents[1]      # e.g. /root/.pyenv/versions/3.11.7
     home_like = ("/root", "/home", "/run/user")
     return [str(base)] if str(base).startswith(home_like) else []
@@ -133,7 +135,7 @@ def install_unit(config: Path, netns: str) -> Path:
         f"ExecReload={vpnd} check -c {cfg}\n"
         "ExecReload=/bin/kill -HUP $MAINPID\n"
         f"NetworkNamespacePath=/run/netns/{netns}\n"
-        + "".join(f"BindReadOnlyPaths={d}\n" for d in interpreter_dirs_under_home()))
+        + "".join(f"ProtectHome=tmpfs\nBindReadOnlyPaths={d}\n" for d in interpreter_dirs_under_home()[:1]))
     # vpnd Wants= frr.service: in the guest that is the host's FRR unit in the root namespace.
     sh("systemctl", "mask", "--runtime", "frr.service", check=True)
     sh("systemctl", "daemon-reload", check=True)
