@@ -137,8 +137,10 @@ def install_unit(config: Path, netns: str) -> Path:
         f"NetworkNamespacePath=/run/netns/{netns}\n"
         + "".join(f"ProtectHome=tmpfs\nBindReadOnlyPaths={d}\n" for d in interpreter_dirs_under_home()[:1]))
     # vpnd Wants= frr.service: in the guest that is the host's FRR unit in the root namespace.
-    sh("systemctl", "mask", "--runtime", "frr.service", check=True)
-    sh("systemctl", "daemon-reload", check=True)
+    sh("systemctl", "mask", "--runtime", "--no-reload", "frr.service", check=True)
+    t0 = time.monotonic()
+    sh("systemctl", "daemon-reload", check=True)      # ~10-60 s under TCG: once only
+    RESULT["daemon_reload_seconds"] = round(time.monotonic() - t0, 2)
     return dropin
 
 
@@ -169,7 +171,6 @@ def main() -> int:
     with Step("install"):
         dropin = install_unit(config, lab.ns("cgw"))
         RESULT["dropin"] = dropin.read_text()
-        RESULT["verify"] = sh("systemd-analyze", "verify", "--man=no", "vpnd.service").stderr.strip()
 
     with Step("start"):                       # (a)
         t0 = time.monotonic()
@@ -254,6 +255,16 @@ def main() -> int:
             if "Overall exposure level" in line:
                 RESULT["exposure"] = float(line.split(":")[1].split()[0])
         RESULT["security_flagged"] = [l.strip() for l in out.splitlines() if l.lstrip().startswith("✗")]
+        # The rating above includes the lab drop-in's ProtectHome=tmpfs; rate the shipped
+        # hardening too (security reads the loaded unit's settings, it need not run).
+        dropin = UNIT_DIR / "vpnd.service.d" / "lab.conf"
+        dropin.write_text("".join(l + "\n" for l in dropin.read_text().splitlines()
+                                  if not l.startswith(("ProtectHome=", "BindReadOnlyPaths="))))
+        sh("systemctl", "daemon-reload", check=True)
+        out = sh("systemd-analyze", "security", "--no-pager", "vpnd.service", timeout=180).stdout
+        for line in out.splitlines():
+            if "Overall exposure level" in line:
+                RESULT["exposure_shipped"] = float(line.split(":")[1].split()[0])
     return finish()
 
 
