@@ -9,7 +9,9 @@ guest's serial-getty) then:
   host's, read-only) with one drop-in, `vpnd.service.d/lab.conf`, that only adapts what
   legitimately differs in the lab: this checkout's vpnd instead of /usr/local/bin/vpnd, the lab
   config instead of /etc/vpnd/config.toml, and NetworkNamespacePath= of the lab's gateway
-  namespace (production has no netns). frr.service is masked at runtime: the unit Wants= it
+  namespace (production has no netns), and, when the venv's interpreter lives under /root
+  (pyenv), ProtectHome=tmpfs + a read-only bind of it (see interpreter_dirs_under_home).
+  frr.service is masked at runtime: the unit Wants= it
   and the lab has no use for a root-namespace FRR (it took ~40 s to start under TCG);
 - proves (a) start returns after READY=1 with vpnd's STATUS= line, (b) reload goes through
   `vpnd check` + SIGHUP and a broken config makes `systemctl reload` fail while vpnd runs on,
