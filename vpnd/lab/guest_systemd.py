@@ -9,8 +9,9 @@ guest's serial-getty) then:
   host's, read-only) with one drop-in, `vpnd.service.d/lab.conf`, that only adapts what
   legitimately differs in the lab: this checkout's vpnd instead of /usr/local/bin/vpnd, the lab
   config instead of /etc/vpnd/config.toml, and NetworkNamespacePath= of the lab's gateway
-  namespace (production has no netns), and, when the venv's interpreter lives under /root
-  (pyenv), ProtectHome=tmpfs + a read-only bind of it (see interpreter_dirs_under_home).
+  namespace (production has no netns), and read-only binds of the venv's interpreter (pyenv
+  under /root) and of this checkout (a CI clone in /tmp) where the shipped ProtectHome= or
+  PrivateTmp= hides them (see lab_binds).
   frr.service is masked at runtime: the unit Wants= it
   and the lab has no use for a root-namespace FRR (it took ~40 s to start under TCG);
 - proves (a) start returns after READY=1 with vpnd's STATUS= line, (b) reload goes through
@@ -106,16 +107,31 @@ class Step:
         return True      # go on with the next step: report everything that can be reported
 
 
-def interpreter_dirs_under_home() -> list[str]:
-    """The lab's venv may be made from an interpreter under /root (pyenv): ProtectHome=yes
-    hides it and exec of the venv's vpnd fails with ENOENT (the shebang's python3 -> /root/...).
-    Production venvs come from /usr/bin/python3 (docs/install.md); the lab exposes just that
-    interpreter tree, read-only. With ProtectHome=yes systemd drops a bind mount below /root
-    (an inaccessible path obstructs it); ProtectHome=tmpfs hides the homes just as well and
-    lets the one bind through (systemd.exec(5))."""
-    base = Path(os.path.realpath(sys.executable)).parents[1]      # e.g. /root/.pyenv/versions/3.11.7
-    home_like = ("/root", "/home", "/run/user")
-    return [str(base)] if str(base).startswith(home_like) else []
+HOME_LIKE = ("/root", "/home", "/run/user")        # hidden by ProtectHome=
+TMP_LIKE = ("/tmp", "/var/tmp")                    # replaced by PrivateTmp=
+
+
+def _under(path: str, tops: tuple[str, ...]) -> bool:
+    return any(path == t or path.startswith(t + "/") for t in tops)
+
+
+def lab_paths() -> list[str]:
+    """What the lab's vpnd must see that a production install has elsewhere: the interpreter
+    the venv was made from (pyenv under /root here; production venvs come from
+    /usr/bin/python3, docs/install.md) and this checkout (a CI clone may live in /tmp).
+    Only those that the shipped hardening hides, each to be bound in read-only."""
+    interpreter = str(Path(os.path.realpath(sys.executable)).parents[1])   # /root/.pyenv/versions/X
+    return [p for p in dict.fromkeys([interpreter, str(ROOT)]) if _under(p, HOME_LIKE + TMP_LIKE)]
+
+
+def lab_binds() -> str:
+    """Drop-in lines exposing lab_paths(). Under PrivateTmp a bind of a /tmp path lands on the
+    private /tmp (systemd mounts the deeper path last). Under ProtectHome=yes systemd drops a
+    bind below /root without a word (the inaccessible path obstructs it); ProtectHome=tmpfs
+    hides the homes just as well and lets the binds through (systemd.exec(5))."""
+    paths = lab_paths()
+    home = any(_under(p, HOME_LIKE) for p in paths)
+    return ("ProtectHome=tmpfs\n" if home else "") + "".join(f"BindReadOnlyPaths={p}\n" for p in paths)
 
 
 def install_unit(config: Path, netns: str) -> Path:
@@ -137,7 +153,7 @@ def install_unit(config: Path, netns: str) -> Path:
         f"ExecReload={vpnd} check -c {cfg}\n"
         "ExecReload=/bin/kill -HUP $MAINPID\n"
         f"NetworkNamespacePath=/run/netns/{netns}\n"
-        + "".join(f"ProtectHome=tmpfs\nBindReadOnlyPaths={d}\n" for d in interpreter_dirs_under_home()[:1]))
+        + lab_binds())
     # vpnd Wants= frr.service: in the guest that is the host's FRR unit in the root namespace.
     sh("systemctl", "mask", "--runtime", "--no-reload", "frr.service", check=True)
     t0 = time.monotonic()
