@@ -258,7 +258,6 @@ class Daemon:
         """Tunnel interfaces first (route and bgp modes), then, in route mode, the routes:
         vpnd owns the remote networks' routes (adopted, never flapped at start)."""
         from vpnd.links import LinkKeeper, rp_filter_warnings
-        from vpnd.routes import RouteController
 
         for conn in self.config.connections:
             if conn.routing == "policy":
@@ -269,14 +268,20 @@ class Daemon:
             for warning in rp_filter_warnings([t.interface for t in conn.tunnels]):
                 log.warning("links.rp_filter", connection=conn.name, problem=warning)
         for conn in self.config.connections:
-            if conn.routing != "route":
-                continue
-            rc = RouteController(conn, protocol=self.config.daemon.route_protocol,
-                                 netns=self.netns, on_event=self.sup.post)
-            await rc.start()
-            self.routes[conn.name] = rc
-            if rc.active is not None:     # a restart keeps traffic where it found it
-                self.sup.post(E.Adopted(E.TunnelKey(conn.name, rc.active)))
+            if conn.routing == "route":
+                await self._start_route_controller(conn)
+
+    async def _start_route_controller(self, conn: Any) -> None:
+        """It adopts the routes it finds; the core hears which tunnel they point to, so a
+        restart keeps traffic where it found it."""
+        from vpnd.routes import RouteController
+
+        rc = RouteController(conn, protocol=self.config.daemon.route_protocol,
+                             netns=self.netns, on_event=self.sup.post)
+        await rc.start()
+        self.routes[conn.name] = rc
+        if rc.active is not None:
+            self.sup.post(E.Adopted(E.TunnelKey(conn.name, rc.active)))
 
     def _start_bgp(self) -> None:
         """One FRR adapter for every routing = "bgp" connection (they share one router bgp);
@@ -368,7 +373,6 @@ class Daemon:
 
     async def reconfigure_plumbing(self, conn: Any, *, links: bool, routes: bool) -> None:
         from vpnd.links import LinkKeeper
-        from vpnd.routes import RouteController
 
         if links and conn.routing != "policy":
             old = self.links.pop(conn.name, None)
@@ -383,12 +387,7 @@ class Daemon:
         if routes and conn.routing == "route":
             rc = self.routes.get(conn.name)
             if rc is None:
-                rc = RouteController(conn, protocol=self.config.daemon.route_protocol,
-                                     netns=self.netns, on_event=self.sup.post)
-                await rc.start()
-                self.routes[conn.name] = rc
-                if rc.active is not None:
-                    self.sup.post(E.Adopted(E.TunnelKey(conn.name, rc.active)))
+                await self._start_route_controller(conn)
             else:
                 writes = await rc.reconfigure(conn)
                 log.info("routes.reconfigured", connection=conn.name, writes=writes)
