@@ -120,3 +120,21 @@ def test_bgp_over_both_tunnels(make_lab):
     wait_until("the VPC prefix learned and installed by zebra",
                lambda: "192.168.0.0/16" in lab.lab.ip("cgw", "route", "show", "proto", "bgp").stdout, 20,
                interval=0.2)
+
+
+def test_destroy_ends_what_still_runs_in_the_namespaces():
+    """A test that fails before stopping its pinger (or a tcpdump) must not leak it: deleting a
+    namespace's name leaves its processes running, unreachable."""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab(prefix=f"vd{uuid.uuid4().hex[:6]}")
+    lab.build()
+    try:
+        stray = subprocess.Popen(["ip", "netns", "exec", lab.ns("lan"), "sleep", "300"],
+                                 start_new_session=True)
+        wait_until("the stray process inside", lambda: str(stray.pid) in subprocess.run(
+            ["ip", "netns", "pids", lab.ns("lan")], capture_output=True, text=True).stdout.split(), 5)
+    finally:
+        lab.destroy()
+    assert stray.wait(timeout=5) == -9

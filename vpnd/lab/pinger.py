@@ -31,10 +31,11 @@ class Pinger:
     def __init__(self, lab: Lab, *, interval: float = 0.01, duration: float = 60.0) -> None:
         # No `-w`: with a deadline iputils ping exits at its first error (an ICMP unreachable
         # or a failed send while a tunnel is down), which ends the measurement mid-outage. The
-        # duration is enforced here instead.
+        # duration is enforced here instead; `-c` only bounds a ping whose test was killed
+        # (ping slows down while unanswered, so the count outlasts the duration).
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns("lan"), "ping", "-n", "-D", "-i", str(interval),
-             "-W", "1", lab.plan.vpc_host],
+             "-W", "1", "-c", str(max(1, int(duration / interval))), lab.plan.vpc_host],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         self.interval = interval
         self._deadline = threading.Timer(duration, self._interrupt)

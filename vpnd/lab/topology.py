@@ -143,6 +143,13 @@ class Lab:
         present = {n.split()[0] for n in sh("ip", "netns", "list").stdout.splitlines() if n}
         for role in ROLES:
             if self.ns(role) in present:
+                # whatever still runs inside (a pinger whose test failed before stopping it,
+                # a tcpdump): deleting the name would leave it running, unreachable
+                for pid in sh("ip", "netns", "pids", self.ns(role), check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ValueError, ProcessLookupError):
+                        pass
                 sh("ip", "netns", "del", self.ns(role), check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
