@@ -32,9 +32,9 @@ sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "tests"),
 import structlog  # noqa: E402
 
 from fake_charon import FakeCharon  # noqa: E402
-from vpnd.charon import CharonAdapter  # noqa: E402
+from vpnd.charon.adapter import CharonAdapter  # noqa: E402
 from vpnd.core.events import ChildDown, ChildUp, SaSnapshot, TunnelKey  # noqa: E402
-from vpnd.vici_client import Backoff  # noqa: E402
+from vpnd.charon.vici import Backoff  # noqa: E402
 
 NAME = "vpnd-c1-t1"
 T1 = TunnelKey("c1", "t1")

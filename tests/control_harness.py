@@ -9,10 +9,10 @@ from dataclasses import replace
 
 from core_helpers import connection
 from vpnd.config.model import Config, DaemonConfig, Secret
-from vpnd.control import ControlServer
+from vpnd.control.server import ControlServer
 from vpnd.core import events as E
-from vpnd.status import StatusBoard
-from vpnd.supervisor import Supervisor
+from vpnd.control.status import StatusBoard
+from vpnd.run.supervisor import Supervisor
 
 PSKS = ("psk-for-tunnel-one-7f3a9c", "psk-for-tunnel-two-c41e08")
 

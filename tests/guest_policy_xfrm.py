@@ -338,7 +338,7 @@ def test_on_a_priority_tie_the_newest_child_sa_takes_the_policy(rl):
 
     import vici
 
-    from vpnd.charon import desired_from_config
+    from vpnd.charon.adapter import desired_from_config
     name = "vpnd-vpc1-tunnel2"
     body = copy.deepcopy(desired_from_config(rl.config, {"vpc1": "tunnel1"}).conns[name])
     assert body["children"][name]["priority"] == "2"

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from config_toml import bgp_config, dumps
 from test_frr_diff import AF, RUNNING, T1, T2
-from vpnd.bgp import BgpAdapter
+from vpnd.frr.bgp import BgpAdapter
 from vpnd.config.load import load_text
 from vpnd.core import events as E
-from vpnd.frr import VtyshTarget
-from vpnd.frr_diff import Change, diff, parse_running
+from vpnd.frr.vtysh import VtyshTarget
+from vpnd.frr.diff import Change, diff, parse_running
 from vpnd.render.frr import frr_config, neighbor_route_maps
 
 IN, OUT = "vpnd-vpc1-standby-in", "vpnd-vpc1-standby-out"

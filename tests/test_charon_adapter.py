@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from fake_charon import FakeCharon
-from vpnd.charon import (
+from vpnd.charon.adapter import (
     CharonAdapter,
     Desired,
     Finding,
@@ -36,7 +36,7 @@ from vpnd.core.events import (
     TunnelKey,
     TunnelSa,
 )
-from vpnd.vici_client import Backoff
+from vpnd.charon.vici import Backoff
 
 T1 = TunnelKey("c1", "t1")
 T2 = TunnelKey("c1", "t2")
@@ -377,7 +377,7 @@ async def test_desired_from_rendered_config_loads_into_charon(adapter, charon):
     """Integration with the render module (branch `render`): pending until it is merged."""
     pytest.importorskip("vpnd.render.swanctl", reason="render branch not merged yet")
     load = pytest.importorskip("vpnd.config.load", reason="config branch not merged yet")
-    from vpnd.charon import desired_from_config
+    from vpnd.charon.adapter import desired_from_config
     import pathlib
     example = pathlib.Path(__file__).parent.parent / "config.toml.example"
     d = desired_from_config(load.load_file(example))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from vpnd.charon import CharonAdapter, Desired
+from vpnd.charon.adapter import CharonAdapter, Desired
 from vpnd.core.events import (
     CharonAlert,
     CharonConnected,
@@ -36,7 +36,7 @@ from vpnd.core.events import (
     TunnelKey,
     TunnelSa,
 )
-from vpnd.vici_client import Backoff, ViciClient
+from vpnd.charon.vici import Backoff, ViciClient
 
 pytestmark = pytest.mark.lab
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from vpnd.config.load import load_file, load_text_with_warnings
 from vpnd.config.model import Config, ConfigError
-from vpnd.supervisor import Supervisor
+from vpnd.run.supervisor import Supervisor
 from vpnd.systemd import Notifier
 
 ROOT = Path(__file__).resolve().parents[1]

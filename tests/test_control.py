@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from control_harness import PSKS, Harness, config
-from vpnd import control_cli
+from vpnd.control import cli as control_cli
 from vpnd.core import events as E
-from vpnd.control import MAX_REQUEST, ControlError, ControlServer, request
+from vpnd.control.server import MAX_REQUEST, ControlError, ControlServer, request
 
 REPO = Path(__file__).resolve().parent.parent
 # the default run is bounded; a long run: VPND_FUZZ_EXAMPLES=20000 pytest tests/test_control.py -k fuzz

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from vpnd import control_cli
+from vpnd.control import cli as control_cli
 from vpnd.cli import build_parser
-from vpnd.control import request
+from vpnd.control.server import request
 from vpnd.lab.cli import active_interface, both_established, wait_until
 
 pytestmark = pytest.mark.lab

@@ -16,11 +16,11 @@ from structlog.testing import capture_logs
 
 from config_toml import bgp_config, dumps
 from test_render_frr_lab import FRR_BIN, _missing, frr_in, netns
-from vpnd.bgp import BgpAdapter
+from vpnd.frr.bgp import BgpAdapter
 from vpnd.config.load import load_text
 from vpnd.core import events as E
-from vpnd.frr import FrrCommandError, FrrTimeout, FrrUnavailable, VtyshSession, VtyshTarget
-from vpnd.frr_diff import Change
+from vpnd.frr.vtysh import FrrCommandError, FrrTimeout, FrrUnavailable, VtyshSession, VtyshTarget
+from vpnd.frr.diff import Change
 from vpnd.metrics import Metrics
 
 pytestmark = pytest.mark.lab

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from config_toml import bgp_config, dumps
 from vpnd.config.load import load_text
-from vpnd.frr_diff import (
+from vpnd.frr.diff import (
     Change, diff, parse_bfd_peers, parse_bgp_summary, parse_running, script, setting,
 )
 from vpnd.render.frr import frr_config

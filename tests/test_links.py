@@ -12,7 +12,7 @@ import pytest
 from netns_helpers import scratch_netns, sh
 from vpnd.config.load import load_text
 from vpnd.core.events import InterfaceLost
-from vpnd.links import LinkError, LinkKeeper, XfrmUnsupported, rp_filter_warnings
+from vpnd.kernel.links import LinkError, LinkKeeper, XfrmUnsupported, rp_filter_warnings
 
 pytestmark = pytest.mark.lab
 

@@ -1,4 +1,4 @@
-"""The shared rtnetlink subscription (vpnd/netlink.py) against the real kernel: one socket
+"""The shared rtnetlink subscription (vpnd/kernel/netlink.py) against the real kernel: one socket
 per namespace however many owners listen, each owner gets its groups' messages on its own
 task, a failing owner does not stop the others, and the last one out closes the socket."""
 
@@ -11,7 +11,7 @@ import pytest
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
 from netns_helpers import scratch_netns, sh
-from vpnd import netlink
+from vpnd.kernel import netlink
 
 pytestmark = pytest.mark.lab
 

@@ -6,8 +6,8 @@ import ipaddress
 from dataclasses import replace
 
 from core_helpers import config, connection, key
-from vpnd import reload
-from vpnd.charon import SaStats, sa_stats
+from vpnd.run import reload_plan as reload
+from vpnd.charon.adapter import SaStats, sa_stats
 from vpnd.config.model import Secret
 from vpnd.core import actions as A
 from vpnd.core import events as E
@@ -219,7 +219,7 @@ async def _reload_checks(tmp_path, path, running):
 
     from config_toml import dumps, mutate, route_config
     from vpnd import logs
-    from vpnd.supervisor import Supervisor
+    from vpnd.run.supervisor import Supervisor
     from vpnd.systemd import Notifier
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

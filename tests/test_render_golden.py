@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vpnd.config.load import load_file, load_text
-from vpnd.render import render
+from vpnd.render.command import render
 from vpnd.render import frr as frr_mod
 from vpnd.render import peer, swanctl
 from vpnd.render.swanctl import RenderError

@@ -10,7 +10,7 @@ import pytest
 
 from netns_helpers import scratch_netns, sh
 from vpnd.config.load import load_text
-from vpnd.routes import Route, RouteController, desired_routes
+from vpnd.kernel.routes import Route, RouteController, desired_routes
 
 pytestmark = pytest.mark.lab
 

@@ -11,7 +11,7 @@ import pytest
 from vici.protocol import Message, Packet
 
 from fake_charon import FakeCharon, event_packet, frame, response_packet
-from vpnd.vici_client import (
+from vpnd.charon.vici import (
     MAX_PACKET,
     Backoff,
     ViciClient,
@@ -22,7 +22,7 @@ from vpnd.vici_client import (
     decode,
     encode,
 )
-from vpnd.vici_client import frame as client_frame
+from vpnd.charon.vici import frame as client_frame
 
 FAST = Backoff(base=0.005, cap=0.05)
 
@@ -369,7 +369,7 @@ async def test_max_packet_is_configurable(charon):
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from vpnd.vici_client import ViciConnection  # noqa: E402
+from vpnd.charon.vici import ViciConnection  # noqa: E402
 
 
 class _NullWriter:

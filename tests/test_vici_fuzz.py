@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from vici.protocol import Packet
 
 from fake_charon import FakeCharon, event_packet, response_packet
-from vpnd.vici_client import MAX_PACKET, Backoff, ViciClient, ViciException
+from vpnd.charon.vici import MAX_PACKET, Backoff, ViciClient, ViciException
 
 EXAMPLES = int(os.environ.get("VPND_FUZZ_EXAMPLES", "0")) or 40
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,

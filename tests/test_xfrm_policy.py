@@ -1,4 +1,4 @@
-"""vpnd/xfrm_policy.py: the kernel's policies over NETLINK_XFRM. The host kernel has XFRM
+"""vpnd/kernel/xfrm_policy.py: the kernel's policies over NETLINK_XFRM. The host kernel has XFRM
 (no ESP), so policies can be added and read back in a scratch network namespace."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def test_parse_of_a_policy_dump_message():
     import socket
     import struct
 
-    from vpnd import xfrm_policy as x
+    from vpnd.kernel import xfrm_policy as x
 
     sel = struct.pack("=16s16sHHHHHBBB3xiI", socket.inet_aton("192.168.0.0"), socket.inet_aton("172.16.0.0"),
                       0, 0, 0, 0, socket.AF_INET, 16, 16, 0, 0, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from vpnd import xfrm_stat
+from vpnd.kernel import xfrm_stat
 from vpnd.core.events import XfrmInTmplMismatch
 
 SAMPLE = """XfrmInError             \t0

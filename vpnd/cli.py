@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_CONFIG = "/etc/vpnd/config.toml"
+from vpnd.config.model import DEFAULT_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "doctor":
         from vpnd.doctor import main as run
     elif args.command == "render":
-        from vpnd.render import main as run
+        from vpnd.render.command import main as run
     elif args.command == "run":
-        from vpnd.supervisor import main as run
+        from vpnd.run.main import main as run
     elif args.command in ("status", "failover", "drain", "undrain"):
-        from vpnd.control_cli import main as run
+        from vpnd.control.cli import main as run
     else:
         from vpnd.lab.cli import main as run
     try:

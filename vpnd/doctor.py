@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 from vpnd.config.model import Config, ConfigError
+from vpnd.kernel.sysctl import sysctl, strict_rp_filter
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 MIN_STRONGSWAN = (5, 8, 0)          # seed 003: XFRM interfaces need strongSwan 5.8.0 or later
@@ -40,22 +41,6 @@ class Result:
 
 def run(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-
-
-def sysctl(name: str, proc: Path = Path("/proc/sys")) -> int | None:
-    return _read_int(proc / name.replace(".", "/"))
-
-
-def ipv4_conf(ifname: str, key: str) -> int | None:
-    """net.ipv4.conf.IF.KEY; by path, since interface names may contain dots (eth0.100)."""
-    return _read_int(Path("/proc/sys/net/ipv4/conf") / ifname / key)
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 # --- checks that need no configuration ---------------------------------------------------
@@ -352,26 +337,17 @@ def check_config(path: str) -> tuple[Result, Config | None]:
 
 
 def _tunnel_interfaces(config: Config) -> list[str]:
-    return [t.interface for c in config.connections if c.routing != "policy" for t in c.tunnels]
+    return [t.interface for c in config.connections if c.tunnel_interfaces for t in c.tunnels]
 
 
 def check_rp_filter(config: Config) -> Result:
     """Strict reverse-path filtering drops replies that arrive on the other tunnel during a
-    switch. The effective value is the higher of `all` and the interface's own; an interface
-    vpnd has not created yet will start from `default`. (Read here rather than through
-    vpnd.links, which would import pyroute2 and double the doctor's start-up time.)"""
+    switch (the effective value: vpnd.kernel.sysctl.rp_filter, the daemon's own check)."""
     name = "rp_filter"
     interfaces = _tunnel_interfaces(config)
     if not interfaces:
         return Result(name, SKIP, "no tunnel interfaces (policy mode)")
-    every = ipv4_conf("all", "rp_filter") or 0
-    strict = []
-    for ifname in interfaces:
-        own = ipv4_conf(ifname, "rp_filter")
-        if own is None:
-            own = ipv4_conf("default", "rp_filter") or 0
-        if max(every, own) == 1:
-            strict.append(ifname)
+    strict = strict_rp_filter(interfaces)
     if strict:
         return Result(name, WARN, f"rp_filter is strict (1) for {', '.join(strict)}: return "
                       "traffic arriving on the other tunnel during a switch is dropped",
@@ -423,7 +399,7 @@ def check_routes(config: Config) -> list[Result]:
 
 def check_frr(config: Config) -> Result:
     name = "frr"
-    if not any(c.routing == "bgp" for c in config.connections):
+    if not any(c.has_bgp for c in config.connections):
         return Result(name, SKIP, "no connection uses routing = \"bgp\"")
     d = config.daemon
     cmd = [d.vtysh_path]
@@ -474,7 +450,7 @@ def check_zebra_graceful_restart(config: Config, proc: Path = Path("/proc")) -> 
     gone, are deleted as the new zebra starts, and traffic stops until bgpd has its sessions
     and routes back (2.2 s in vpnd's lab; 0 ms with -K 60)."""
     name = "frr_graceful_restart"
-    if not any(c.routing == "bgp" for c in config.connections):
+    if not any(c.has_bgp for c in config.connections):
         return Result(name, SKIP, "no connection uses routing = \"bgp\"")
     cmdlines = zebra_cmdlines(proc)
     if not cmdlines:
@@ -570,12 +546,12 @@ def diagnose(config_path: str) -> list[Result]:
     config_result, config = check_config(config_path)
     results = [config_result, guarded("ip_forward", check_ip_forward)]
     needs_xfrm = config is None or any(
-        c.routing != "policy" and any(t.interface_kind == "xfrm" for t in c.tunnels)
+        c.tunnel_interfaces and any(t.interface_kind == "xfrm" for t in c.tunnels)
         for c in config.connections)
     results.append(guarded("xfrm_interface", check_xfrm_interface, needs_xfrm))
     vici_socket = config.daemon.vici_socket if config else "/var/run/charon.vici"
     vici_result, version = check_vici(vici_socket)
-    policy_only = config is not None and all(c.routing == "policy" for c in config.connections)
+    policy_only = config is not None and not any(c.tunnel_interfaces for c in config.connections)
     results += [guarded("strongswan_version", check_strongswan_version, version, policy_only),
                 vici_result, guarded("ike_ports", check_ike_listening),
                 guarded("firewall", check_firewall)]

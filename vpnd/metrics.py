@@ -117,7 +117,7 @@ class Metrics:
                     self.sa_packets.labels(*labels, direction).set(0)
                 self.ike_since.labels(*labels).set(0)
                 self.child_since.labels(*labels).set(0)
-                if c.routing == "bgp":
+                if c.has_bgp:
                     self.bgp_up.labels(*labels).set(0)
                     self.bgp_pfx_rcvd.labels(*labels).set(0)
                     self.bgp_pfx_sent.labels(*labels).set(0)
@@ -150,7 +150,7 @@ class Metrics:
             self.reload_time.set(time.time() if now is None else now)
 
     def sa_stats(self, stats: Mapping[TunnelKey, object]) -> None:
-        """From the charon adapter's periodic `list-sas` (vpnd.charon.SaStats per tunnel)."""
+        """From the charon adapter's periodic `list-sas` (vpnd.charon.adapter.SaStats per tunnel)."""
         for key, st in stats.items():
             labels = (key.connection, key.tunnel)
             self.sa_bytes.labels(*labels, "in").set(st.bytes_in)

@@ -25,6 +25,9 @@ HealthKind = Literal["icmp", "tcp"]
 # recognises them after a restart and never touches anyone else's.
 DEFAULT_ROUTE_PROTOCOL = 249
 
+# Where every command looks for the configuration unless told otherwise (-c).
+DEFAULT_CONFIG = "/etc/vpnd/config.toml"
+
 
 class Secret:
     """A pre-shared key. Its str/repr never show the value; only `reveal()` does."""
@@ -177,6 +180,23 @@ class ConnectionConfig:
     @property
     def legacy_single_tunnel(self) -> bool:
         return len(self.tunnels) == 1
+
+    @property
+    def selects_by_sa(self) -> bool:
+        """Policy mode: both tunnels' CHILD SAs carry the same flows and charon's preferred SA
+        carries them; the cloud's own move shows as XfrmInTmplMismatch."""
+        return self.routing == "policy"
+
+    @property
+    def tunnel_interfaces(self) -> bool:
+        """Route and BGP modes steer through one interface per tunnel that vpnd keeps (probes
+        leave through it); policy mode has none."""
+        return not self.selects_by_sa
+
+    @property
+    def has_bgp(self) -> bool:
+        """BGP mode: each tunnel's BGP session (and BFD) is evidence, and FRR is driven."""
+        return self.routing == "bgp"
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ class Engine:
         policy mode with two or more tunnels; otherwise nobody follows (a wrong guess would
         move a healthy connection)."""
         policy = [n for n, cfg in self._cfg.items()
-                  if cfg.routing == "policy" and len(cfg.tunnels) > 1]
+                  if cfg.selects_by_sa and len(cfg.tunnels) > 1]
         if len(policy) != 1:
             return False
         return self._run_policy(policy[0], (event,), now, out)

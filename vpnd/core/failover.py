@@ -189,7 +189,7 @@ def _assess(h: Health, cfg: ConnectionConfig, now: float) -> Health:
         usable, why = False, "CHILD SA not installed"
     else:
         usable, why = not probe, probe
-        if usable and cfg.routing == "bgp":
+        if usable and cfg.has_bgp:
             if h.bfd is False:
                 usable, why = False, "BFD down"
             elif not h.bgp:
@@ -278,7 +278,7 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
 
 def _mismatch(c: Connection, cfg: ConnectionConfig, now: float) -> tuple[Connection, bool]:
     """Record one rise; True when it confirms the cloud's move (see the module docstring)."""
-    if cfg.routing != "policy" or c.active is None:
+    if not cfg.selects_by_sa or c.active is None:
         return c, False
     if c.last_switch is not None and now < c.last_switch + cfg.failover.hold_down:
         return c, False         # our own switch's packets in flight, or too soon to move again
@@ -316,7 +316,7 @@ def _no_verdict(h: Health, cfg: ConnectionConfig) -> bool:
     answered but its session not up yet (sessions come up after the SAs)."""
     if not h.answered:
         return h.lost_up < _retries(cfg)
-    return cfg.routing == "bgp" and not h.failing and h.why == "BGP session not established"
+    return cfg.has_bgp and not h.failing and h.why == "BGP session not established"
 
 
 def _damping_release(c: Connection, limit: int, now: float) -> float | None:
@@ -443,7 +443,7 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float, operator_to: str |
         if c.deadline != deadline:
             c = c._replace(deadline=deadline)
 
-    if cfg.routing == "bgp":
+    if cfg.has_bgp:
         c = _neighbors(c, cfg, out)
     return c, out
 

@@ -189,8 +189,8 @@ def cmd_status(lab: Lab) -> int:
 
 def show_vpnd_status(lab: Lab, say) -> None:
     """What the operator sees: `vpnd status` over the daemon's control socket."""
-    from vpnd.control import Unreachable, request
-    from vpnd.control_cli import render
+    from vpnd.control.server import Unreachable, request
+    from vpnd.control.cli import render
 
     say(f"   `vpnd status --socket {lab.dir / 'control.sock'}`:")
     try:

@@ -1,7 +1,7 @@
 """What vpnd loads into charon, as VICI messages and as the equivalent swanctl.conf text.
 
 One builder, two outputs: `vici_conn`/`vici_secret` are the exact load-conn / load-shared
-bodies the VICI adapter (vpnd/charon.py) sends, and `swanctl_text` serialises the very same
+bodies the VICI adapter (vpnd/charon/adapter.py) sends, and `swanctl_text` serialises the very same
 dicts, so what `vpnd render swanctl` prints is what charon gets (only the key is masked).
 
 Decisions that differ from the vendor's hand-written swanctl.conf (seed 003):

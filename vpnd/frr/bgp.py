@@ -3,7 +3,7 @@ carries out the core's SetBgpNeighbor, and reports session/BFD state back as eve
 
 - apply(): reads what bgpd and bfdd run (`show running-config bgpd|bfdd`: per daemon, because
   vtysh's merged view shows a route-map that only zebra still has after bgpd restarted),
-  diffs it against the rendered config (vpnd.frr_diff) and issues only the difference.
+  diffs it against the rendered config (vpnd.frr.diff) and issues only the difference.
   Unchanged config -> no configuration command (`config_commands` counts them).
 - set_neighbor(): `neighbor P shutdown` / `no neighbor P shutdown`. Shutdown (not a deny
   route-map) because it withdraws the tunnel's routes from the RIB at once and tells the peer
@@ -35,8 +35,8 @@ from typing import Any, Callable
 from vpnd import logs
 from vpnd.config.model import Config
 from vpnd.core import events as E
-from vpnd.frr import FrrCommandError, FrrError, FrrTimeout, FrrUnavailable, Vtysh, VtyshTarget
-from vpnd.frr_diff import (
+from vpnd.frr.vtysh import FrrCommandError, FrrError, FrrTimeout, FrrUnavailable, Vtysh, VtyshTarget
+from vpnd.frr.diff import (
     Change, Running, diff, parse_bfd_peers, parse_bgp_summary, parse_running, script, setting,
 )
 

@@ -17,7 +17,9 @@ from typing import Any, Callable
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from vpnd import logs, netlink
+from vpnd import logs
+
+from vpnd.kernel import netlink, sysctl
 from vpnd.config.model import ConnectionConfig, TunnelConfig
 from vpnd.core.events import InterfaceLost, TunnelKey
 
@@ -149,19 +151,10 @@ class LinkKeeper:
             if await self._index(t.interface) is None:
                 self.on_event(InterfaceLost(TunnelKey(self.conn.name, t.name), t.interface))
 
-def rp_filter_warnings(interfaces: list[str], proc: Path = Path("/proc/sys/net/ipv4/conf")) -> list[str]:
+def rp_filter_warnings(interfaces: list[str], proc: Path = sysctl.IPV4_CONF) -> list[str]:
     """Strict reverse-path filtering drops replies that come back on the other tunnel while
-    vpnd switches (the effective value is the higher of `all` and the interface's)."""
-    def read(name: str) -> int:
-        try:
-            return int((proc / name / "rp_filter").read_text())
-        except (OSError, ValueError):
-            return 0
-    out = []
-    every = read("all")
-    for ifname in interfaces:
-        if max(every, read(ifname)) == 1:
-            out.append(f"rp_filter is strict (1) on {ifname}: during a switch, return traffic "
-                       f"arriving on the other tunnel is dropped; set net.ipv4.conf.{ifname}.rp_filter=2 "
-                       "(loose) or 0, and net.ipv4.conf.all.rp_filter to 0 or 2")
-    return out
+    vpnd switches (vpnd.kernel.sysctl.rp_filter says how the effective value is found)."""
+    return [f"rp_filter is strict (1) on {ifname}: during a switch, return traffic "
+            f"arriving on the other tunnel is dropped; set net.ipv4.conf.{ifname}.rp_filter=2 "
+            "(loose) or 0, and net.ipv4.conf.all.rp_filter to 0 or 2"
+            for ifname in sysctl.strict_rp_filter(interfaces, proc)]

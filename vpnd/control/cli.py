@@ -14,9 +14,8 @@ import sys
 import tomllib
 from typing import Any, TextIO
 
-from vpnd.cli import DEFAULT_CONFIG
-from vpnd.config.model import DaemonConfig
-from vpnd.control import Unreachable, request
+from vpnd.config.model import DEFAULT_CONFIG, DaemonConfig
+from vpnd.control.server import Unreachable, request
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_PERMISSION, EXIT_NO_ANSWER = 0, 1, 2, 3, 4, 5
 _EXIT_BY_KIND = {"not_running": EXIT_NOT_RUNNING, "permission": EXIT_PERMISSION,

@@ -11,7 +11,7 @@ interfaces. What picks the tunnel, measured with charon 5.9.8 (docs/policy-mode.
   tests/guest_policy_xfrm.py): both children share one kernel policy per selector; its
   template is the CHILD SA with the lowest `priority` value, and on a tie the newest. A rekey
   of the standby (priority 2) does not take the traffic. The kernel's outbound policy names
-  the carrier (its template's endpoints): vpnd reads it (vpnd/xfrm_policy.py).
+  the carrier (its template's endpoints): vpnd reads it (vpnd/kernel/xfrm_policy.py).
 
 So one procedure serves both: reload the connection's conns with the chosen tunnel at
 priority 1 and the others at 2 (future CHILD SAs, re-initiations and kernel XFRM obey it),
@@ -31,27 +31,34 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from vpnd import logs, xfrm_policy
+from vpnd import logs
+
+from vpnd.kernel import xfrm_policy
 from vpnd.config.model import Config, ConnectionConfig
 from vpnd.core.events import TunnelKey
 
 log = logs.get("vpnd.policy")
 
 LIBIPSEC = "kernel-libipsec"
+DEMOTE_TIMEOUT = 2.0    # seconds; a healthy tunnel's fresh CHILD SA takes 15-400 ms (lab, vm)
 
 
 class PolicySelector:
-    """Carries out SetActive for policy-mode connections through the charon adapter."""
+    """Carries out SetActive for policy-mode connections through the charon adapter.
 
-    def __init__(self, config: Config, charon: Any) -> None:
+    Follow-up work (a re-assert, a retry, the demotion of the tunnel left) goes to `defer`:
+    the daemon queues it for the reconciler, so it never runs beside another switch."""
+
+    def __init__(self, config: Config, charon: Any,
+                 defer: Callable[[str, Callable[[], Awaitable[None]]], None]) -> None:
         self.config = config
         self.charon = charon
+        self.defer = defer
         self.active: dict[str, str | None] = {}      # connection -> tunnel asserted in charon
         self._newest_wins: bool | None = None
-        self._tasks: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()     # one CHILD SA replacement at a time (switch, re-assert)
         self.found: set[int] = set()    # CHILD SAs charon already had when vpnd connected
         self.failed: dict[str, str] = {}   # connection -> tunnel whose switch charon refused
@@ -67,7 +74,7 @@ class PolicySelector:
         return self._newest_wins
 
     def desired(self, active: Mapping[str, str | None] | None = None):
-        from vpnd.charon import desired_from_config
+        from vpnd.charon.adapter import desired_from_config
         return desired_from_config(self.config, active if active is not None else self.active)
 
     def found_at_start(self, snapshot: Any) -> None:
@@ -137,7 +144,7 @@ class PolicySelector:
             if not retrying:            # the core chose again: an older refused switch is moot
                 self.failed.pop(connection, None)
             return None         # withdraw: both CHILD SAs stay, nothing better to do here
-        from vpnd.vici_client import ViciError, ViciException
+        from vpnd.charon.vici import ViciError, ViciException
 
         async with self._lock:
             if retrying and self.failed.get(connection) != tunnel:
@@ -187,27 +194,34 @@ class PolicySelector:
         if not newest_wins:
             for t in conn.tunnels:      # the others: a fresh CHILD SA at priority 2
                 if t.name != tunnel:
-                    self._background(self._demote(TunnelKey(connection, t.name), tunnel))
+                    self._demote_later(TunnelKey(connection, t.name), tunnel)
         return {"op": "replace_child", "child_id": child, "load_ms": _ms(t0, loaded),
                 "vici_ms": _ms(loaded, done), "total_ms": _ms(t0, done)}
 
-    async def _demote(self, other: TunnelKey, chosen: str) -> None:
-        """kernel XFRM: the tunnel left behind gets a CHILD SA at priority 2, in the background
-        (it may be the broken one: the switch must not wait for it)."""
-        async with self._lock:
-            if self.active.get(other.connection) == chosen:
-                await self.charon.replace_child(other)
+    def _demote_later(self, other: TunnelKey, chosen: str) -> None:
+        """kernel XFRM: the tunnel left behind gets a CHILD SA at priority 2, after the switch
+        (it may be the broken one: the switch must not wait for it). Bounded: a black-holed
+        tunnel holds the reconciler for DEMOTE_TIMEOUT at most, and its next rekey is then
+        caught by child_installed()."""
+        async def demote() -> None:
+            async with self._lock:
+                if self.active.get(other.connection) == chosen:
+                    await self.charon.replace_child(other, timeout=DEMOTE_TIMEOUT)
+        self.defer(f"policy.demote {other}", demote)
 
-    def retry(self) -> None:
-        """charon's full truth arrived again (a reconnect, the resync timer): switches it
-        refused are tried once more."""
-        for connection, tunnel in list(self.failed.items()):
-            async def again(connection=connection, tunnel=tunnel) -> None:
-                done = await self.set_active(connection, tunnel, retrying=True)
-                if done:
-                    log.info("policy.switched", connection=connection, active=tunnel,
-                             retried=True, **done)
-            self._background(again())
+    def retry(self, connection: str) -> None:
+        """charon's full truth arrived again (a reconnect, the resync timer): a switch it
+        refused is tried once more."""
+        tunnel = self.failed.get(connection)
+        if tunnel is None:
+            return
+
+        async def again() -> None:
+            done = await self.set_active(connection, tunnel, retrying=True)
+            if done:
+                log.info("policy.switched", connection=connection, active=tunnel,
+                         retried=True, **done)
+        self.defer(f"policy.retry {connection}", again)
 
     def child_installed(self, tunnel: TunnelKey) -> None:
         """A CHILD SA of `tunnel` was (re)installed (ChildUp / ChildRekeyed). On libipsec it
@@ -237,18 +251,8 @@ class PolicySelector:
             if kernel and child is not None:
                 for t in conn.tunnels:
                     if t.name != chosen:
-                        self._background(self._demote(TunnelKey(tunnel.connection, t.name), chosen))
-        self._background(reassert())
-
-    def _background(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+                        self._demote_later(TunnelKey(tunnel.connection, t.name), chosen)
+        self.defer(f"policy.reassert {tunnel.connection}", reassert)
 
 
 def _ms(a: float, b: float) -> float:

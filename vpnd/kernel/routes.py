@@ -21,7 +21,9 @@ from typing import Any, Callable
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
-from vpnd import logs, netlink
+from vpnd import logs
+
+from vpnd.kernel import netlink
 from vpnd.config.model import ConnectionConfig
 from vpnd.core.events import OwnedRouteLost
 

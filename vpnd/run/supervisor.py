@@ -40,7 +40,7 @@ class Supervisor:
         self.ready = asyncio.Event()
         # read-only watchers of every event before the core sees it (status board, ...)
         self.observers: list[Callable[[Any], None]] = []
-        # Set by the daemon: applies a validated config by difference (vpnd.reload) and
+        # Set by the daemon: applies a validated config by difference (vpnd.run.reload_plan) and
         # returns what changed; `on_reload_result(ok)` feeds the reload metrics.
         self.reloader: Callable[[Config], Awaitable[dict[str, Any]]] | None = None
         self.on_reload_result: Callable[[bool], None] = lambda ok: None
@@ -59,6 +59,11 @@ class Supervisor:
         self.post(event)
         self.queue.put_nowait(_Fence(done))
         await done
+
+    def defer(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Work an adapter needs done in turn (a policy re-assert, a retry): the reconciler
+        runs it between two events, never beside a core action."""
+        self.queue.put_nowait(_Job(what, run))
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -86,6 +91,9 @@ class Supervisor:
                 if not event.done.done():
                     event.done.set_result(None)
                 continue
+            if type(event) is _Job:
+                await self._run_job(event)
+                continue
             if event is None:
                 if self.reload_requested:
                     self.reload_requested = False
@@ -106,6 +114,12 @@ class Supervisor:
             return
         await self.execute(actions)
 
+    async def _run_job(self, job: "_Job") -> None:
+        try:
+            await job.run()
+        except Exception as exc:    # like a failed action: said, and the next one runs
+            log.error("job.failed", job=job.what, error=f"{type(exc).__name__}: {exc}")
+
     async def execute(self, actions: list[Any]) -> None:
         """Carry out the core's actions in order; one failing never stops the next."""
         for action in actions:
@@ -125,7 +139,7 @@ class Supervisor:
 
     async def _reload(self) -> None:
         """Re-read and validate; an invalid file changes nothing (every problem is logged with
-        its key and rule), a valid one is applied by difference (vpnd.reload)."""
+        its key and rule), a valid one is applied by difference (vpnd.run.reload_plan)."""
         t0 = time.perf_counter()
         log.info("config.reload_requested", source=self.config.source)
         self.notifier.reloading()
@@ -176,6 +190,16 @@ class Supervisor:
                 pass
 
 
+class _Job:
+    """Deferred work in the queue (Supervisor.defer)."""
+
+    __slots__ = ("what", "run")
+
+    def __init__(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+        self.what = what
+        self.run = run
+
+
 class _Fence:
     """A mark in the queue: everything posted before it has been handled when it is reached."""
 
@@ -191,19 +215,3 @@ def install_signal_handlers(sup: Supervisor) -> None:
     loop.add_signal_handler(signal.SIGTERM, sup.request_stop)
     loop.add_signal_handler(signal.SIGINT, sup.request_stop)
     loop.add_signal_handler(signal.SIGHUP, sup.request_reload)
-
-
-def main(args: Any) -> int:
-    from vpnd.config.load import load_file
-
-    try:
-        config = load_file(args.config)
-    except ConfigError as err:
-        for p in err.errors:
-            print(f"error: {p}", flush=True)
-        return 1
-    logs.configure(config.daemon.log_format, config.daemon.log_level)
-    logs.register_secrets(t.psk.reveal() for c in config.connections for t in c.tunnels)
-    from vpnd.daemon import run_daemon
-
-    return asyncio.run(run_daemon(config))

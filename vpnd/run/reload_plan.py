@@ -1,11 +1,11 @@
 """SIGHUP reload by difference: what changed between the running and the new config, and
-which adapters must act on it.
+which adapters must act on it (the daemon's `reload` carries the plan out).
 
 `plan(old, new)` is pure: it compares the two validated configs and says, per connection and
 tunnel, what to do. The rule for charon is what charon would receive: a tunnel is reloaded in
 charon only when its rendered load-conn or load-shared body differs (a changed probe interval
 or failover timer renders the same, so charon hears nothing and the SAs keep their unique
-ids). Facts measured on charon 5.9.8 (lab, libipsec) that shape `apply`:
+ids). Facts measured on charon 5.9.8 (lab, libipsec) that shape the reload's order:
 
 - `load-conn` of an identical body answers "updated vici connection" and leaves the SAs
   alone, but it is pointless: unchanged tunnels get no VICI message at all.
@@ -15,24 +15,19 @@ ids). Facts measured on charon 5.9.8 (lab, libipsec) that shape `apply`:
 - `unload-conn` leaves its SAs up (orphaned, nobody would re-initiate or close them): a
   removed tunnel's SAs are terminated first, then its conn and secret unloaded.
 
-`apply(daemon, plan)` carries the plan out with the daemon's adapters, from inside the
-reconciler (nothing else runs core actions meanwhile).
+`Daemon.reload` (vpnd/run/daemon.py) carries the plan out with the daemon's adapters, from
+inside the reconciler (nothing else runs core actions meanwhile).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from vpnd import logs
 from vpnd.config.model import Config, ConnectionConfig, TunnelConfig
 from vpnd.core.events import TunnelKey
-
-if TYPE_CHECKING:
-    from vpnd.daemon import Daemon
-
-log = logs.get("vpnd.reload")
+from vpnd.steering.spec import link_spec, probe_spec
 
 Action = Literal["added", "removed", "changed", "unchanged"]
 
@@ -51,22 +46,6 @@ def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
                                   f"{prefix}{f.name}.")
         return out
     return [] if old == new else [prefix.rstrip(".")]
-
-
-def _probe_spec(conn: ConnectionConfig, t: TunnelConfig) -> tuple | None:
-    hc = conn.health_check
-    if hc is None:
-        return None
-    # what the tunnel's prober is built from (daemon.start_probe), per-tunnel paths included
-    return (str(t.probe_destination or hc.destination), str(t.probe_source or hc.source),
-            t.interface if conn.routing != "policy" else None,
-            hc.interval, hc.timeout or hc.interval, hc.kind, hc.port)
-
-
-def _link_spec(conn: ConnectionConfig, t: TunnelConfig) -> tuple | None:
-    if conn.routing == "policy":
-        return None
-    return (t.interface, t.interface_kind, t.if_id, t.underlay, t.bgp)
 
 
 @dataclass(frozen=True)
@@ -175,8 +154,8 @@ def plan(old: Config, new: Config) -> ReloadPlan:
                 continue
             own = tuple(f"tunnel.{tname}.{f}" for f in changed_fields(ot, t))
             charon = rendered(o, ot) != rendered(n, t)
-            probe = _probe_spec(o, ot) != _probe_spec(n, t)
-            link = _link_spec(o, ot) != _link_spec(n, t)
+            probe = probe_spec(o, ot) != probe_spec(n, t)
+            link = link_spec(o, ot) != link_spec(n, t)
             action: Action = "changed" if (own or charon or probe or link) else "unchanged"
             tunnels.append(TunnelPlan(key, action, own, charon, probe, link))
         routes = (o.remote_networks != n.remote_networks
@@ -187,68 +166,3 @@ def plan(old: Config, new: Config) -> ReloadPlan:
         out.append(ConnectionPlan(name, "changed" if changed else "unchanged", conn_fields,
                                   tuple(tunnels), routes, links))
     return ReloadPlan(tuple(out), tuple(changed_fields(old.daemon, new.daemon)))
-
-
-# --- carrying it out -------------------------------------------------------------------------
-
-async def apply(daemon: "Daemon", new: Config, p: ReloadPlan) -> None:
-    """Removed things go first (their SAs, probes, routes, links, series), then charon learns
-    the added and changed tunnels, then the core adopts the new config and restarts the
-    changed tunnels (traffic fails over meanwhile if one of them was active), then links,
-    routes and probes follow, and a fresh snapshot lets the core initiate added tunnels."""
-    removed = p.tunnels("removed")
-    reloaded = p.tunnels("changed", charon=True)
-    added = p.tunnels("added")
-    restart_probes = sorted({t.key for t in p.tunnels("changed", "unchanged") if t.probe})
-    known = set(daemon.sup.engine.tunnels)
-
-    # 1. what goes away
-    for key in [t.key for t in removed] + restart_probes:
-        await daemon.stop_probe(key)
-    for c in p.connections:
-        if c.action == "removed" or c.rebuild:
-            await daemon.remove_plumbing(c.name)
-    daemon.policy.config = new          # policy mode: priorities follow the chosen tunnel
-    await daemon.charon.update(daemon.policy.desired(),
-                               load=[_name(t.key) for t in added + reloaded],
-                               remove=[_name(t.key) for t in removed])
-    gone = {c.name for c in p.connections if c.action == "removed"}
-    for t in removed:
-        daemon.metrics.forget(t.key.connection, t.key.tunnel,
-                              connection_gone=t.key.connection in gone)
-
-    # 2. the core: state kept for the rest; changed (and rebuilt) tunnels start over
-    rebuilt = frozenset(c.name for c in p.connections if c.rebuild)
-    daemon.sup.engine.reload(new, fresh=rebuilt)
-    daemon.config = daemon.sup.config = new
-    daemon.metrics.declare(new, only={t.key for t in added})
-    restart = [t.key for t in reloaded] + [t.key for t in added if t.key in known]
-    for t in reloaded:
-        await daemon.charon.terminate(t.key, timeout=2.0)
-    if restart:
-        why = "configuration changed: " + ", ".join(
-            f"{t.key.tunnel} ({', '.join(t.fields) or 'rendering'})" for t in reloaded) \
-            if reloaded else "configuration changed: routing mode"
-        await daemon.sup.execute(daemon.sup.engine.restart(restart, daemon.sup.clock(), why))
-
-    # 3. interfaces, routes, probes
-    for c in p.connections:
-        if c.action == "added" or c.rebuild or (c.action == "changed" and (c.links or c.routes)):
-            conn = next(x for x in new.connections if x.name == c.name)
-            fresh = c.action == "added" or c.rebuild
-            await daemon.reconfigure_plumbing(conn, links=c.links or fresh,
-                                              routes=c.routes or fresh)
-    for t in added:
-        daemon.start_probe(t.key)
-    for key in restart_probes:
-        daemon.start_probe(key)
-    if added:
-        await daemon.charon.resync()
-
-    # 4. BGP: FRR's configuration by difference (an unchanged one sends no command)
-    await daemon.reconfigure_bgp()
-
-
-def _name(key: TunnelKey) -> str:
-    from vpnd.render.swanctl import conn_name
-    return conn_name(key.connection, key.tunnel)

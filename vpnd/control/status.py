@@ -124,7 +124,7 @@ class StatusBoard:
                     "reason": s["reason"],
                     "probe": (probe or ProbeSummary()).to_json()
                     if conn.health_check is not None else None,
-                    "bgp": self._bgp(conn.routing, key),
+                    "bgp": self._bgp(conn.has_bgp, key),
                 }
             connections[conn.name] = {
                 "routing": conn.routing, "state": c["state"], "active": c["active"],
@@ -142,8 +142,8 @@ class StatusBoard:
             "connections": connections,
         }
 
-    def _bgp(self, routing: str, key: TunnelKey) -> dict[str, Any] | None:
-        if routing != "bgp" and key not in self.bgp:
+    def _bgp(self, has_bgp: bool, key: TunnelKey) -> dict[str, Any] | None:
+        if not has_bgp and key not in self.bgp:
             return None
         up = self.bgp.get(key)
         bfd = self.bfd.get(key)

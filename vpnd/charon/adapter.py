@@ -40,11 +40,11 @@ from vpnd.core.events import (
     TunnelKey,
     TunnelSa,
 )
-from vpnd.vici_client import (
+from vpnd.charon.vici import (
     Backoff, ViciClient, ViciError, ViciException, ViciTimeout, ViciUnavailable,
 )
 
-log = structlog.get_logger("vpnd.charon")
+log = structlog.get_logger("vpnd.charon.adapter")
 
 PREFIX = "vpnd-"        # every connection and secret vpnd loads is named vpnd-...; never touch others
 
@@ -304,7 +304,7 @@ def desired_from_config(config, active: Mapping[str, str | None] | None = None) 
     """Every tunnel's VICI dicts, as the render module builds them (vpnd/render/swanctl.py).
 
     `active` (connection -> tunnel) gives policy-mode connections their CHILD SA
-    priorities (vpnd/policy.py); without it tunnel 1 is preferred.
+    priorities (vpnd/charon/selector.py); without it tunnel 1 is preferred.
     """
     from vpnd.render import swanctl     # imported late: `vpnd check` never needs it
 
@@ -582,7 +582,7 @@ class CharonAdapter:
             return False
         return True
 
-    # policy mode (vpnd/policy.py) ------------------------------------------------------------
+    # policy mode (vpnd/charon/selector.py) ------------------------------------------------------------
 
     def name_of(self, tunnel: TunnelKey) -> str:
         """charon's connection (and child) name of a tunnel."""

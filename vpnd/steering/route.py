@@ -1,0 +1,72 @@
+"""Route mode: the remote networks' kernel routes point at the active tunnel's interface
+(metric 100 for it, 101 for the standby, as the vendor's updown scripts set them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vpnd import logs
+from vpnd.config.model import ConnectionConfig
+from vpnd.core.events import Adopted, TunnelKey
+from vpnd.kernel.routes import RouteController
+from vpnd.steering.base import Services, Steering
+from vpnd.steering.interfaces import TunnelInterfaces
+
+log = logs.get("vpnd.steering")
+
+
+class RouteSteering(Steering):
+    def __init__(self, conn: ConnectionConfig, services: Services) -> None:
+        super().__init__(conn, services)
+        self.interfaces = TunnelInterfaces(conn, services)
+        self.routes: RouteController | None = None
+
+    async def start(self) -> None:
+        """Interfaces first, then the routes: adopted as found, never flapped at start; the
+        core hears which tunnel they point to, so a restart keeps traffic where it was."""
+        await self.interfaces.start()
+        await self._start_routes()
+
+    async def _start_routes(self) -> None:
+        self.routes = RouteController(self.conn,
+                                      protocol=self.services.config().daemon.route_protocol,
+                                      netns=self.services.netns, on_event=self.services.post)
+        await self.routes.start()
+        if self.routes.active is not None:
+            self.services.post(Adopted(TunnelKey(self.conn.name, self.routes.active)))
+
+    async def set_active(self, tunnel: str | None, *, withdraw: bool,
+                         reason: str) -> tuple[str, dict[str, Any]] | None:
+        t0 = time.perf_counter()
+        writes = await self.routes.set_active(tunnel, withdraw=withdraw)
+        if not writes:
+            return None
+        return "routes.switched", {"writes": writes,
+                                   "reaction_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    async def repair(self, reason: str) -> None:
+        self.services.metrics.route_repairs.labels(self.conn.name).inc()
+        await self.routes.repair()
+        log.warning("routes.repaired", connection=self.conn.name, reason=reason)
+
+    async def repair_interface(self, tunnel: str) -> None:
+        await self.interfaces.repair(tunnel)
+
+    async def reconfigure(self, conn: ConnectionConfig, *, links: bool, routes: bool) -> None:
+        self.conn = conn
+        if links:
+            await self.interfaces.reconfigure(conn)
+        if routes:
+            writes = await self.routes.reconfigure(conn)
+            log.info("routes.reconfigured", connection=conn.name, writes=writes)
+
+    async def remove(self) -> None:
+        await self.routes.remove()
+        await self.interfaces.remove()
+
+    async def stop(self, *, withdraw: bool) -> None:
+        if withdraw:
+            await self.routes.set_active(None, withdraw=True)
+        await self.routes.stop()
+        await self.interfaces.stop()
