@@ -49,7 +49,7 @@ def test_dump_reads_what_ip_xfrm_installed():
                                 "tunnel"], capture_output=True, text=True)
             if r.returncode != 0:
                 pytest.skip(f"this kernel has no XFRM netlink: {r.stderr.strip()}")
-        code = ("from vpnd import xfrm_policy as x; t = x.outbound_template('172.16.0.0/16', '192.168.0.0/16');"
+        code = ("from vpnd.kernel import xfrm_policy as x; t = x.outbound_template('172.16.0.0/16', '192.168.0.0/16');"
                 "print(t.src, t.dst, hex(t.spi), t.reqid, len(x.dump()))")
         r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,
                            text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -126,8 +126,8 @@ class Daemon:
             return
         previous = self.active.get(a.connection)
         self.active[a.connection] = a.tunnel
-        # traffic first: it moves before anything is logged or counted
-        done = await steering.set_active(a.tunnel, withdraw=a.withdraw, reason=a.reason)
+        # traffic first: it moves before anything else is logged or counted
+        await steering.set_active(a.tunnel, withdraw=a.withdraw, reason=a.reason)
         self.metrics.set_active(a.connection, tuple(t.name for t in conn.tunnels), a.tunnel)
         if previous is not None and a.tunnel is not None and previous != a.tunnel:
             self.metrics.failover(a.connection, previous, a.tunnel, a.reason)
@@ -139,9 +139,6 @@ class Daemon:
                  withdraw=a.withdraw,
                  probes={t.name: evidence(self.board.probes.get(E.TunnelKey(a.connection, t.name)))
                          for t in conn.tunnels} if conn.health_check is not None else None)
-        if done is not None:
-            event, fields = done
-            log.info(event, connection=a.connection, active=a.tunnel, **fields)
 
     async def _repair_routes(self, a: A.RepairRoutes) -> None:
         steering = self.steering.get(a.connection)
@@ -160,20 +157,25 @@ class Daemon:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def run(self) -> int:
-        install_signal_handlers(self.sup)
-        self.metrics.serve(self.config.daemon.metrics_listen)
+    async def start(self) -> None:
+        """What supervises, in start order: each connection's steering, charon, the probes.
+        Their events queue up until the reconciler runs."""
         for conn in self.config.connections:
             await self._start_connection(conn)
         self.charon.desire(self._desired(self.config))
         await self.charon.start()
+        for conn in self.config.connections:
+            for t in conn.tunnels:
+                self.start_probe(E.TunnelKey(conn.name, t.name))
+
+    async def run(self) -> int:
+        install_signal_handlers(self.sup)
+        self.metrics.serve(self.config.daemon.metrics_listen)
+        await self.start()
         reconciler = asyncio.create_task(self.sup.reconcile(), name="reconciler")
         watchdog = asyncio.create_task(self.sup.watchdog(), name="watchdog")
         control = await self._start_control()
         lag = asyncio.create_task(self._loop_lag(), name="loop-lag")
-        for conn in self.config.connections:
-            for t in conn.tunnels:
-                self.start_probe(E.TunnelKey(conn.name, t.name))
         try:
             await asyncio.wait_for(self._synced.wait(), 30)
             self.sup.notifier.ready(self._summary())

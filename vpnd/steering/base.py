@@ -68,12 +68,9 @@ class Steering:
         """The tunnel whose CHILD SA charon should prefer, when charon decides (policy mode)."""
         return None
 
-    async def set_active(self, tunnel: str | None, *, withdraw: bool,
-                         reason: str) -> tuple[str, dict[str, Any]] | None:
+    async def set_active(self, tunnel: str | None, *, withdraw: bool, reason: str) -> None:
         """Move the connection's traffic to `tunnel` (None: no tunnel usable; `withdraw`
-        says whether to take the routes away). Returns a log event and its fields describing
-        what was done, or None when nothing needed doing."""
-        return None
+        says whether to take the routes away), and log what it took when it took anything."""
 
     async def set_neighbor(self, tunnel: str, enabled: bool, reason: str) -> None:
         """BGP's session on `tunnel` wanted up or administratively shut."""

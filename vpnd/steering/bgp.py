@@ -4,8 +4,6 @@ failing neighbor and, with standby = "prepend", by which tunnel's route-maps pre
 
 from __future__ import annotations
 
-from typing import Any
-
 from vpnd import logs
 from vpnd.config.model import Config, ConnectionConfig
 from vpnd.core.events import TunnelKey
@@ -84,12 +82,10 @@ class BgpSteering(Steering):
     def _adapter(self) -> BgpAdapter | None:
         return self.backend.adapter if self.backend is not None else None
 
-    async def set_active(self, tunnel: str | None, *, withdraw: bool,
-                         reason: str) -> tuple[str, dict[str, Any]] | None:
+    async def set_active(self, tunnel: str | None, *, withdraw: bool, reason: str) -> None:
         # standby = "prepend": the route-maps follow (pushed in the background)
         if self._adapter is not None:
             await self._adapter.set_active(self.conn.name, tunnel, reason)
-        return None
 
     async def set_neighbor(self, tunnel: str, enabled: bool, reason: str) -> None:
         if self._adapter is not None:   # records and pushes in the background: never stalls

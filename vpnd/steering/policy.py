@@ -74,10 +74,10 @@ class PolicySteering(Steering):
     def charon_choice(self) -> str | None:
         return self.selector.active.get(self.conn.name)
 
-    async def set_active(self, tunnel: str | None, *, withdraw: bool,
-                         reason: str) -> tuple[str, dict[str, Any]] | None:
+    async def set_active(self, tunnel: str | None, *, withdraw: bool, reason: str) -> None:
         done = await self.selector.set_active(self.conn.name, tunnel)
-        return ("policy.switched", done) if done else None
+        if done:
+            log.info("policy.switched", connection=self.conn.name, active=tunnel, **done)
 
     async def remove(self) -> None:
         self.selector.active.pop(self.conn.name, None)

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
-
 from vpnd import logs
 from vpnd.config.model import ConnectionConfig
 from vpnd.core.events import Adopted, TunnelKey
@@ -36,14 +34,12 @@ class RouteSteering(Steering):
         if self.routes.active is not None:
             self.services.post(Adopted(TunnelKey(self.conn.name, self.routes.active)))
 
-    async def set_active(self, tunnel: str | None, *, withdraw: bool,
-                         reason: str) -> tuple[str, dict[str, Any]] | None:
+    async def set_active(self, tunnel: str | None, *, withdraw: bool, reason: str) -> None:
         t0 = time.perf_counter()
         writes = await self.routes.set_active(tunnel, withdraw=withdraw)
-        if not writes:
-            return None
-        return "routes.switched", {"writes": writes,
-                                   "reaction_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        if writes:
+            log.info("routes.switched", connection=self.conn.name, active=tunnel, writes=writes,
+                     reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
 
     async def repair(self, reason: str) -> None:
         self.services.metrics.route_repairs.labels(self.conn.name).inc()
