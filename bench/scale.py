@@ -243,8 +243,11 @@ class ScaleCharon(FakeCharon):
 # --- the config vpnd runs --------------------------------------------------------------------
 
 def config_text(conns: list[ConnSpec], vici: str, interval: float) -> str:
+    # its own control socket beside the fake charon's: another vpnd on the machine keeps its own
+    control = str(Path(vici).with_name("control.sock"))
     lines = ["[daemon]", 'log_format = "json"', 'log_level = "info"',
-             'metrics_listen = "127.0.0.1:9456"', f'vici_socket = "{vici}"', ""]
+             'metrics_listen = "127.0.0.1:9456"', f'vici_socket = "{vici}"',
+             f'control_socket = "{control}"', ""]
     for c in conns:
         lines += [
             "[[connection]]", f'name = "{c.name}"', 'routing = "route"',
