@@ -127,3 +127,18 @@ def test_routing_mode_is_branched_on_only_where_modes_live():
 
 def _line(rel: str, text: str) -> int:
     return next(n for n, line in enumerate((ROOT / rel).read_text().splitlines(), 1) if text in line)
+
+
+def test_check_and_render_import_no_adapter_library():
+    """`vpnd check` and `vpnd render` stay fast and work without pyroute2 or pexpect loaded:
+    the package __init__ files are empty and the dispatcher imports lazily."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vpnd.cli import main\n"
+            "for argv in (['check', '-c', 'config.toml.example'], ['render', 'swanctl', '-c', 'config.toml.example']):\n"
+            "    assert main(argv) == 0, argv\n"
+            "print(sorted(m for m in ('pyroute2', 'pexpect', 'prometheus_client') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
