@@ -3,7 +3,8 @@
 Nothing here parses or validates: `vpnd.config.load` builds these objects only from input
 that passed every rule, so adapters can trust each value (it may go into a VICI message or a
 vtysh command as it is). Defaults mirror the cloud's defaults (seed 000) and the vendor's
-strongSwan/FRR procedure (seed 003).
+strongSwan/FRR procedure (seed 003); each is written here once, and the section readers
+(`vpnd.config.sections`) take them from these dataclasses' fields.
 """
 
 from __future__ import annotations
@@ -138,6 +139,12 @@ class TunnelBgpConfig:
     peer_ip: IPv4Address                        # the cloud's, inside tunnel_cidr
 
 
+# Tunnel N (index N - 1) defaults to interface ipsec{N-1}, XFRM if_id 42+{N-1} and route
+# metric 100+{N-1}: the two tunnels must differ in all three, and tunnel 1 is preferred.
+TUNNEL_IF_ID_BASE = 42
+TUNNEL_METRIC_BASE = 100
+
+
 @dataclass(frozen=True)
 class TunnelConfig:
     name: str
@@ -150,7 +157,7 @@ class TunnelConfig:
     if_id: int                                  # 42 / 43 by default
     interface_kind: InterfaceKind = "xfrm"      # "existing": use a link someone else made
     underlay: str | None = None                 # dev of `type xfrm dev eth0`
-    route_metric: int = 100                     # 100 for tunnel 1, 101 for tunnel 2
+    route_metric: int = TUNNEL_METRIC_BASE      # 100 for tunnel 1, 101 for tunnel 2
     local_ts: tuple[IPv4Network, ...] = ()      # empty: by routing mode (0.0.0.0/0 or networks)
     remote_ts: tuple[IPv4Network, ...] = ()
     # policy mode: both tunnels carry the same flows, so a probe between the connection's
@@ -160,6 +167,20 @@ class TunnelConfig:
     probe_destination: IPv4Address | None = None    # None: health_check.destination
     bgp: TunnelBgpConfig | None = None
     psk_file: str | None = None                 # where the key came from, for messages
+
+
+def tunnel_defaults(index: int) -> dict[str, str | int]:
+    """The defaults that depend on a tunnel's place (index 0 is tunnel 1, the active one)."""
+    return {
+        "name": f"tunnel{index + 1}",
+        "interface": f"ipsec{index}",
+        "if_id": TUNNEL_IF_ID_BASE + index,
+        "route_metric": TUNNEL_METRIC_BASE + index,
+    }
+
+
+# What a connection without `routing` does: route-based, one route per tunnel interface.
+DEFAULT_ROUTING: Routing = "route"
 
 
 @dataclass(frozen=True)

@@ -296,6 +296,12 @@ def socket_path_problem(value: str) -> str | None:
     return None
 
 
+def absolute_path_problem(value: str) -> str | None:
+    if not value.startswith("/") or "\0" in value:
+        return "must be an absolute path"
+    return None
+
+
 def pathspace_problem(value: str) -> str | None:
     if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value) and value not in (".", ".."):
         return None
