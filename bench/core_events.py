@@ -18,11 +18,9 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpnd.config.model import (  # noqa: E402
+from vpnd.config.model import (
     Config, ConnectionConfig, DaemonConfig, FailoverConfig, HealthCheckConfig, Secret,
     TunnelConfig,
 )

@@ -26,15 +26,13 @@ import sys
 import tempfile
 import time
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "tests"),
-                os.path.join(os.path.dirname(__file__), "..")]
 
-import structlog  # noqa: E402
+import structlog
 
-from fake_charon import FakeCharon  # noqa: E402
-from vpnd.charon.adapter import CharonAdapter  # noqa: E402
-from vpnd.core.events import ChildDown, ChildUp, SaSnapshot, TunnelKey  # noqa: E402
-from vpnd.charon.vici import Backoff  # noqa: E402
+from vpnd_testing.fake_charon import FakeCharon
+from vpnd.charon.adapter import CharonAdapter
+from vpnd.core.events import ChildDown, ChildUp, SaSnapshot, TunnelKey
+from vpnd.charon.vici import Backoff
 
 NAME = "vpnd-c1-t1"
 T1 = TunnelKey("c1", "t1")

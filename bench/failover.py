@@ -43,16 +43,14 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpnd.config.model import Config  # noqa: E402
-from vpnd.lab import daemons, faults, scenario  # noqa: E402
-from vpnd.lab.cli import active_interface, both_established, native_supported, vm_possible, wait_until  # noqa: E402
-from vpnd.lab.pinger import Pinger  # noqa: E402
-from vpnd.lab.topology import Lab, LabError  # noqa: E402
-from vpnd.render import swanctl  # noqa: E402
+from vpnd.config.model import Config
+from vpnd_lab import daemons, faults, scenario
+from vpnd_lab.cli import active_interface, both_established, native_supported, vm_possible, wait_until
+from vpnd_lab.pinger import Pinger
+from vpnd_lab.topology import Lab, LabError
+from vpnd.render import swanctl
 
 FAULTS = ("blackhole", "unreachable")
 
@@ -156,7 +154,7 @@ def vpc_device(lab: Lab) -> str | None:
 
 def measure_bgp(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     """bgp mode: vpnd drives cgw's FRR; until zebra's route for the VPC is on tunnel 2."""
-    from vpnd.lab import frr
+    from vpnd_lab import frr
 
     daemons.start_vpnd(lab, lab.dir / "vpnd.toml")
     wait_until("both tunnels up", lambda: both_established(lab), 60)
@@ -326,7 +324,7 @@ def summarize(runs: list[dict], args: argparse.Namespace, opts: scenario.Options
 def run_in_vm(args: argparse.Namespace) -> int:
     """The same benchmark inside a guest on Debian's kernel (native backend there); the last
     line is the guest's JSON with backend "vm"."""
-    from vpnd.lab import vm
+    from vpnd_lab import vm
 
     argv = ["python", "bench/failover.py", "--backend", "native", "--runs", str(args.runs),
             "--retries", str(args.retries), "--fault", args.fault, "--mode", args.mode]

@@ -23,14 +23,12 @@ import sys
 import time
 import uuid
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "tests"),
-                os.path.join(os.path.dirname(__file__), "..")]
 
-from lab_fixtures import RunningLab  # noqa: E402
-from vpnd.config.load import load_file  # noqa: E402
-from vpnd.lab import scenario  # noqa: E402
-from vpnd.lab.cli import both_established, list_sas, wait_until  # noqa: E402
-from vpnd.lab.topology import Lab  # noqa: E402
+from vpnd_testing.lab_fixtures import RunningLab
+from vpnd.config.load import load_file
+from vpnd_lab import scenario
+from vpnd_lab.cli import both_established, list_sas, wait_until
+from vpnd_lab.topology import Lab
 
 
 def reload(lab: RunningLab, text: str) -> tuple[dict, float]:

@@ -4,7 +4,7 @@ vpnd runs as its own process (`vpnd run`, the real Daemon: charon adapter, super
 one ICMP prober per tunnel, route controllers and link keepers with `interface_kind =
 "existing"`) inside a scratch network namespace. Every tunnel is a veth pair named as the
 config says, its far end in a second namespace that answers the health probes; charon is a
-fake VICI server in this process (strongSwan's codec, tests/fake_charon.py) that brings SAs
+fake VICI server in this process (strongSwan's codec, lab/vpnd_testing/fake_charon.py) that brings SAs
 up on `initiate` and can flap every tunnel at once. Probes run every second.
 
 For each size (default 1, 10 and 50 connections = 2, 20, 100 tunnels) it measures vpnd's
@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
-from fake_charon import FakeCharon  # noqa: E402
+from vpnd_testing.fake_charon import FakeCharon
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_CPU_PERCENT = 5.0

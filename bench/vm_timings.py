@@ -1,7 +1,7 @@
 """Timings of the vm lab backend: warm provisioning, boot-to-command, the smoke scenario.
 
 Each boot runs `echo UP` first; the host timestamps when that line arrives (boot-to-command)
-and when vng exits. The last boot runs the dual-tunnel smoke (vpnd/lab/guest_smoke.py).
+and when vng exits. The last boot runs the dual-tunnel smoke (lab/vpnd_lab/guests/smoke.py).
 TCG emulation shares the host's cores with everything else: expect wide spread.
 Prints a human line per run and a final JSON line.
 
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from vpnd.lab import vm
+from vpnd_lab import vm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def main() -> int:
                  "boot_to_command_median_s": round(statistics.median(to_command), 1),
                  "trivial_boot_total_s": [round(x, 1) for x in total]}
     if not args.no_smoke:
-        up, seconds, result = boot(kernel, "python -m vpnd.lab.guest_smoke")
+        up, seconds, result = boot(kernel, "python -m vpnd_lab.guests.smoke")
         line = next(x for x in result.output.splitlines() if x.startswith("SMOKE-RESULT "))
         smoke = json.loads(line.removeprefix("SMOKE-RESULT "))
         print(f"smoke: command starts after {up:.1f} s, scenario {smoke['seconds']:.1f} s "

@@ -2,11 +2,14 @@
 
 Each subcommand lives in the module of the system it talks to; this file only parses
 arguments and imports lazily, so `vpnd check` starts fast and never needs pyroute2.
+`vpnd lab ...` exists only where the development package vpnd_lab is installed (a checkout's
+scripts/bootstrap installs it from lab/); it parses its own arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from vpnd.config.model import DEFAULT_CONFIG
@@ -34,12 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _control_commands(sub)
 
-    p = sub.add_parser("lab", help="a real dual-tunnel lab in network namespaces on this machine")
-    p.add_argument("action", choices=["up", "down", "status", "demo"])
-    p.add_argument("--backend", choices=["auto", "native", "vm", "libipsec"], default="auto")
-    p.add_argument("--prefix", default=None, help="namespace prefix of the lab (default: vpnd)")
-    p.add_argument("--routing", choices=["route", "policy", "bgp"], default="route")
+    if lab_installed():
+        # Listed for --help only: main() hands `vpnd lab ...` to vpnd_lab.cli before parsing.
+        sub.add_parser("lab", help="a real dual-tunnel lab in network namespaces on this machine "
+                                   "(development package vpnd_lab)", add_help=False)
     return parser
+
+
+def lab_installed() -> bool:
+    """Whether the lab package is importable, without importing it (nor anything heavy)."""
+    return importlib.util.find_spec("vpnd_lab") is not None
 
 
 def _control_commands(sub) -> None:
@@ -65,6 +72,17 @@ def _control_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lab"]:
+        if not lab_installed():
+            print("vpnd: `vpnd lab` needs the development package vpnd_lab (in a checkout: "
+                  "scripts/bootstrap, or pip install -e lab/)", file=sys.stderr)
+            return 2
+        from vpnd_lab.cli import main as lab_main
+        try:
+            return lab_main(argv[1:])
+        except KeyboardInterrupt:
+            return 130
     args = build_parser().parse_args(argv)
     if args.command == "check":
         from vpnd.config.check import main as run
@@ -76,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         from vpnd.run.main import main as run
     elif args.command in ("status", "failover", "drain", "undrain"):
         from vpnd.control.cli import main as run
-    else:
-        from vpnd.lab.cli import main as run
     try:
         return run(args)
     except KeyboardInterrupt:
