@@ -133,6 +133,7 @@ class Supervisor:
             from vpnd.config.load import load_file
 
             new = load_file(self.config.source)
+            logs.register_secrets(t.psk.reveal() for c in new.connections for t in c.tunnels)
         except ConfigError as err:
             for p in err.errors:
                 # `path`, not `key`: the log redactor masks any field named key
