@@ -18,6 +18,7 @@ import tomllib
 from typing import Any
 
 from vpnd.config import rules
+from vpnd.config.redact import mask_problems
 from vpnd.config.model import (
     BfdConfig,
     BgpConnectionConfig,
@@ -157,6 +158,7 @@ class _Loader:
         self.config_mode = config_mode          # set: check secrets' file permissions
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
+        self.secrets: set[str] = set()          # every key read, valid or not
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(Problem(path, message))
@@ -177,6 +179,9 @@ class _Loader:
         except RecursionError:
             raise ConfigError([Problem(self.source, "TOML nested too deeply")]) from None
         config = self.config(data)
+        # never quote a key back (one pasted into another field): vpnd.config.redact
+        self.errors = mask_problems(self.errors, self.secrets)
+        self.warnings = mask_problems(self.warnings, self.secrets)
         if self.errors:
             raise ConfigError(self.errors, self.warnings)
         return config, self.warnings
@@ -602,6 +607,7 @@ class _Loader:
                 self.error(f"{p}.psk", f"expected a string (put it in quotes), got "
                            f"{_type_name(value)}")
                 return None, None
+            self.secrets.add(value)
             problem = rules.psk_problem(value)
             if problem:
                 self.error(f"{p}.psk", problem)
@@ -646,6 +652,7 @@ class _Loader:
         except UnicodeDecodeError:
             self.error(path, f"the key in {value!r} is not UTF-8 text")
             return None, None
+        self.secrets.update((text, text.rstrip("\r\n")))
         if text.endswith("\r\n"):
             text = text[:-2]
         elif text.endswith("\n"):
