@@ -3,7 +3,8 @@
 Start order follows "subscribe, then snapshot, then apply deltas": charon's adapter registers
 for events before its first `list-sas`; the route controller subscribes to netlink before it
 dumps and adopts existing vpnd routes (so a restart changes nothing in the kernel); probes
-start last. READY=1 goes to systemd after the first full charon sync.
+start last. READY=1 goes to systemd after the first full charon sync, or after a grace
+without one (STATUS then says vpnd waits for charon).
 """
 
 from __future__ import annotations
@@ -185,13 +186,7 @@ class Daemon:
         lag = asyncio.create_task(self._loop_lag(), name="loop-lag")
         await self._start_probes()
         self._start_xfrm_stat()
-        try:
-            await asyncio.wait_for(self._synced.wait(), 30)
-            self.sup.notifier.ready(self._summary())
-            log.info("vpnd.ready", connections=len(self.config.connections))
-        except TimeoutError:
-            log.warning("vpnd.charon_unreachable", socket=self.config.daemon.vici_socket,
-                        note="still retrying with backoff")
+        ready = asyncio.create_task(self._announce_ready(), name="ready")
         await self.sup.stopping.wait()
         self.sup.notifier.stopping()
         log.info("vpnd.stopping", withdraw=self.config.daemon.withdraw_on_stop)
@@ -212,10 +207,31 @@ class Daemon:
         for k in self.links.values():
             await k.stop()
         await self.charon.stop()
-        for task in (reconciler, watchdog, lag):
+        for task in (reconciler, watchdog, lag, ready):
             task.cancel()
-        await asyncio.gather(reconciler, watchdog, lag, return_exceptions=True)
+        await asyncio.gather(reconciler, watchdog, lag, ready, return_exceptions=True)
         return 0
+
+    ready_grace = 10.0      # seconds; well under systemd's TimeoutStartSec (90 s by default)
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once vpnd supervises, with charon or without: a READY that waited for
+        charon would let systemd kill vpnd at boot when charon is slow (Type=notify). Within
+        `ready_grace` the first sync comes first, so READY usually means "synced"; otherwise
+        STATUS says what vpnd waits for, and changes when charon answers, however late."""
+        try:
+            await asyncio.wait_for(self._synced.wait(), self.ready_grace)
+        except TimeoutError:
+            sock = self.config.daemon.vici_socket
+            log.warning("vpnd.charon_unreachable", socket=sock, note="still retrying with backoff")
+            self.sup.notifier.ready(f"waiting for charon at {sock}; {self._summary()}")
+            log.info("vpnd.ready", connections=len(self.config.connections), charon="waiting")
+            await self._synced.wait()
+            self.sup.notifier.status(self._summary())
+            log.info("vpnd.charon_synced", socket=sock)
+            return
+        self.sup.notifier.ready(self._summary())
+        log.info("vpnd.ready", connections=len(self.config.connections))
 
     # --- the control socket (vpnd status / failover / drain / undrain) ---------------------
 
