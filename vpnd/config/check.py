@@ -1,7 +1,7 @@
 """`vpnd check -c FILE`: validate a config like `nginx -t` and say exactly what is wrong.
 
-Exit 0 when vpnd would accept the file (warnings allowed), 1 otherwise. It is stricter than
-loading about secrets: an inline `psk` in a file others can read is refused.
+Exit 0 when vpnd would accept the file (warnings allowed), 1 otherwise. File trust
+(vpnd.config.trust) is refused here exactly as `vpnd run` and a reload refuse it.
 """
 
 from __future__ import annotations
@@ -53,13 +53,6 @@ def _print(stream: TextIO, kind: str, problems: list[Problem]) -> None:
 def _environment_warnings(config: Config, path: str) -> list[Problem]:
     """Things that depend on this machine, so only `check` looks at them."""
     found = []
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return found
-    if mode & 0o022:
-        found.append(Problem(path, f"writable by group or others (mode {mode & 0o777:04o}): "
-                                   "anyone who can write it controls the VPN"))
     if any(c.routing == "bgp" for c in config.connections):
         vtysh = config.daemon.vtysh_path
         if not os.access(vtysh, os.X_OK):

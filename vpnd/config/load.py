@@ -102,14 +102,14 @@ def load_file_with_warnings(
 ) -> tuple[Config, list[Problem]]:
     """Like `load_file`, also returning the warnings.
 
-    With `strict_permissions` an inline `psk` in a file readable by group or others is an
-    error, and a group/other-readable `psk_file` a warning (what `vpnd check` enforces).
+    With `strict_permissions` the files must be trustworthy (vpnd.config.trust: owner, not
+    writable by others, keys not readable by others): what check, run and reload enforce.
     """
     source = os.fspath(path)
     try:
         with open(source, "rb") as f:
             raw = f.read(CONFIG_MAX_BYTES + 1)
-            mode = os.fstat(f.fileno()).st_mode
+            st = os.fstat(f.fileno())
     except (OSError, ValueError) as exc:
         raise ConfigError([Problem(source, f"cannot read the file: {_os_reason(exc)}")]) from None
     if len(raw) > CONFIG_MAX_BYTES:
@@ -120,14 +120,22 @@ def load_file_with_warnings(
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem(source, f"not UTF-8 text (byte {exc.start})")]) from None
     base_dir = os.path.dirname(os.path.abspath(source))
-    return _Loader(source, base_dir, mode if strict_permissions else None).run(text)
+    loader = _Loader(source, base_dir)
+    config, warnings = loader.run(text)
+    if strict_permissions:
+        from vpnd.config import trust
+
+        refused = mask_problems(trust.problems(config, st), loader.secrets)
+        if refused:
+            raise ConfigError(refused, warnings)
+    return config, warnings
 
 
 def load_text_with_warnings(
     text: str, source: str = "<memory>", base_dir: str | None = None
 ) -> tuple[Config, list[Problem]]:
     """Like `load_text`, also returning the warnings."""
-    return _Loader(source, base_dir, None).run(text)
+    return _Loader(source, base_dir).run(text)
 
 
 def _os_reason(exc: BaseException) -> str:
@@ -152,10 +160,9 @@ def _show(value: object) -> str:
 class _Loader:
     """One validation run: collects problems, builds the model from whatever was valid."""
 
-    def __init__(self, source: str, base_dir: str | None, config_mode: int | None) -> None:
+    def __init__(self, source: str, base_dir: str | None) -> None:
         self.source = source
         self.base_dir = base_dir
-        self.config_mode = config_mode          # set: check secrets' file permissions
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
         self.secrets: set[str] = set()          # every key read, valid or not
@@ -612,10 +619,6 @@ class _Loader:
             if problem:
                 self.error(f"{p}.psk", problem)
                 return None, None
-            if self.config_mode is not None and self.config_mode & (stat.S_IRGRP | stat.S_IROTH):
-                self.error(f"{p}.psk", f"inline key in {self.source}, which is readable by "
-                           f"group or others (mode {stat.S_IMODE(self.config_mode):04o}): move "
-                           f"it to psk_file or chmod 600 {self.source}")
             self.short_psk(value, f"{p}.psk")
             return Secret(value), None
         return self.psk_file(d["psk_file"], f"{p}.psk_file")
@@ -661,9 +664,6 @@ class _Loader:
         if problem:
             self.error(path, f"{value!r}: {problem}")
             return None, None
-        if self.config_mode is not None and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
-            self.warn(path, f"{value!r} is readable by group or others (mode "
-                      f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 {full}")
         self.short_psk(text, path)
         return Secret(text), full
 
