@@ -175,7 +175,7 @@ class Daemon:
 
         self._active = {}
         install_signal_handlers(self.sup)
-        self.metrics.serve(self.config.daemon.metrics_listen)
+        metrics = await self._start_metrics()
         await self._start_routes()
         self._start_bgp()
         self.charon.desire(desired_from_config(self.config))
@@ -192,6 +192,8 @@ class Daemon:
         log.info("vpnd.stopping", withdraw=self.config.daemon.withdraw_on_stop)
         if control is not None:
             await control.stop()
+        if metrics is not None:
+            await metrics.stop()
         for p in self.probes.values():
             await p.stop()
         if self.xfrm_stat is not None:
@@ -258,6 +260,25 @@ class Daemon:
         log.info("control.listening", socket=path)
         return server
 
+    _metrics_problem = ""
+
+    async def _start_metrics(self) -> Any:
+        """Serve /metrics; a listen address that cannot be bound is logged and shown in the
+        status, never fatal: supervision matters more than its dashboard."""
+        listen = self.config.daemon.metrics_listen
+        if not listen:
+            return None
+        try:
+            server = await self.metrics.start_server(listen)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            log.error("metrics.unavailable", listen=listen, error=reason,
+                      note="vpnd keeps supervising without its metrics endpoint")
+            self._metrics_problem = f"; metrics endpoint {listen} unavailable: {reason}"
+            return None
+        log.info("metrics.listening", listen=listen)
+        return server
+
     async def _loop_lag(self, interval: float = 0.5) -> None:
         """How late the loop wakes a timer: a busy or blocked loop delays probes and switches."""
         loop = asyncio.get_running_loop()
@@ -268,7 +289,8 @@ class Daemon:
 
     def _summary(self) -> str:
         n = sum(len(c.tunnels) for c in self.config.connections)
-        return f"{len(self.config.connections)} connection(s), {n} tunnel(s) supervised"
+        return (f"{len(self.config.connections)} connection(s), {n} tunnel(s) supervised"
+                f"{self._metrics_problem}")
 
     async def _start_routes(self) -> None:
         """Tunnel interfaces first (route and bgp modes), then, in route mode, the routes:

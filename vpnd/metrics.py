@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from vpnd.config.model import Config
 from vpnd.core.events import TunnelKey
+
+if TYPE_CHECKING:
+    from vpnd.metrics_server import MetricsServer
 
 TUNNEL_STATES = ("down", "connecting", "phase1_failed", "ike_up", "phase2_failed", "established")
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -185,12 +189,15 @@ class Metrics:
     def failover(self, connection: str, old: str, new: str, reason: str) -> None:
         self.failovers.labels(connection, old, new, failover_reason(reason)).inc()
 
-    def serve(self, listen: str) -> None:
-        """Serve /metrics on host:port (the daemon's `metrics_listen`; "" disables it)."""
-        if not listen:
-            return
+    async def start_server(self, listen: str, **limits: float) -> "MetricsServer":
+        """Serve /metrics on host:port (the daemon's `metrics_listen`, not ""), in the event
+        loop (vpnd.metrics_server); raises OSError when it cannot bind."""
+        from vpnd.metrics_server import MetricsServer
+
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+        server = MetricsServer(self.render, **limits)
+        await server.start(host.strip("[]") or "127.0.0.1", int(port))
+        return server
 
 
 def _remove_matching(metric, labels: dict[str, str]) -> None:
