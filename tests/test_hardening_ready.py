@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from config_toml import dumps, route_config
 from fake_charon import FakeCharon
