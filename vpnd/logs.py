@@ -1,13 +1,19 @@
 """Structured logs: JSON lines for journald and log shippers, key=value on a terminal.
 
 Secrets are removed by a processor, not by hoping nobody logs them: any `Secret` value, any
-key that names a secret, and any string equal to a registered PSK is replaced before a line
-is rendered.
+key that names a secret, and any registered PSK inside a string is replaced before a line is
+rendered, after tracebacks are formatted (so they are scrubbed too). Every successful load
+registers its keys, the start-up one and each reload's.
+
+A key shorter than `SUBSTRING_MIN` characters is masked only as a whole word: masked as a
+substring, a one-letter key would mangle every field, and which letters vanish would show the
+key to anyone reading the log.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, Iterable
 
@@ -17,7 +23,9 @@ from vpnd.config.model import Secret
 
 MASK = "********"
 _SECRET_KEYS = frozenset({"psk", "secret", "password", "key"})
+SUBSTRING_MIN = 8
 _known_secrets: set[str] = set()
+_short: dict[str, re.Pattern[str]] = {}
 
 
 def register_secrets(values: Iterable[str]) -> None:
@@ -25,13 +33,26 @@ def register_secrets(values: Iterable[str]) -> None:
     _known_secrets.update(v for v in values if v)
 
 
+def _whole_word(secret: str) -> re.Pattern[str]:
+    pattern = _short.get(secret)
+    if pattern is None:
+        pattern = _short[secret] = re.compile(
+            r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])")
+    return pattern
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, Secret):
         return MASK
     if isinstance(value, str):
-        for s in _known_secrets:
-            if s in value:
+        # longest first: a key that contains another is masked whole
+        for s in sorted(_known_secrets, key=len, reverse=True):
+            if s not in value:
+                continue
+            if len(s) >= SUBSTRING_MIN:
                 value = value.replace(s, MASK)
+            else:
+                value = _whole_word(s).sub(MASK, value)
         return value
     if isinstance(value, dict):
         return {k: (MASK if str(k).lower() in _SECRET_KEYS else _scrub(v)) for k, v in value.items()}
@@ -59,8 +80,8 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> Non
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
             structlog.processors.format_exc_info,
+            redact_secrets,                 # after: a traceback is text like any other field
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

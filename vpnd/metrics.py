@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from vpnd.config.model import Config
 from vpnd.core.events import TunnelKey
+
+if TYPE_CHECKING:
+    from vpnd.metrics_server import MetricsServer
 
 TUNNEL_STATES = ("down", "connecting", "phase1_failed", "ike_up", "phase2_failed", "established")
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -32,6 +36,20 @@ def failover_reason(text: str) -> str:
              ("probe loss", "probe_loss"), ("CHILD SA not installed", "sa_down"),
              ("BFD down", "bfd_down"), ("BGP session", "bgp_down"))
     return next((label for needle, label in rules if needle in text), "other")
+
+
+def failover_reasons_for(conn) -> tuple[str, ...]:
+    """The `reason` labels a switch of this connection can carry (pre-created at 0)."""
+    hc = conn.health_check
+    bgp = conn.bgp if conn.has_bgp else None
+    possible = {
+        "operator": True, "drained": True, "preempt": conn.failover.preempt,
+        "probe_lost": hc is not None, "probe_rtt": hc is not None and hc.max_rtt_ms is not None,
+        "probe_loss": hc is not None and hc.max_loss_percent is not None, "sa_down": True,
+        "bfd_down": bgp is not None and bgp.bfd.enabled, "bgp_down": bgp is not None,
+        "other": True,
+    }
+    return tuple(r for r in FAILOVER_REASONS if possible[r])
 
 
 class Metrics:
@@ -125,11 +143,32 @@ class Metrics:
                     self.bfd_up.labels(*labels).set(0)
             if only is None:
                 self.route_repairs.labels(c.name)
+        self._declare_counters(config)
         if only is None:
             for result in ("success", "failure"):
                 self.reloads.labels(result)
             self.reload_success.set(1)
             self.reload_time.set(time.time())     # the start-up load counts (as Prometheus' own)
+
+    def _declare_counters(self, config: Config) -> None:
+        """Every labelled counter series that can be known from the config, at 0: a series
+        born at its first increment reads increase() = 0 on a real Prometheus (absent, then
+        1), so "a failover happened" alerts would never fire. Idempotent (creating a series
+        never resets it), so every load and reload calls it for all connections."""
+        for c in config.connections:
+            names = [t.name for t in c.tunnels]
+            for t in names:
+                self.route_repairs.labels(c.name)
+                # any state may follow any other (a charon snapshot is the truth)
+                for old in TUNNEL_STATES:
+                    for new in TUNNEL_STATES:
+                        if old != new:
+                            self.transitions.labels(c.name, t, old, new)
+            for old in names:
+                for new in names:
+                    if old != new:
+                        for reason in failover_reasons_for(c):
+                            self.failovers.labels(c.name, old, new, reason)
 
     def _per_tunnel(self) -> list:
         return [m for m in vars(self).values()
@@ -139,6 +178,8 @@ class Metrics:
         """A tunnel removed by a reload: its series go (a removed tunnel is not a down one)."""
         for m in self._per_tunnel():
             _remove_matching(m, {"connection": connection, "tunnel": tunnel})
+        _remove_matching(self.failovers, {"connection": connection, "from": tunnel})
+        _remove_matching(self.failovers, {"connection": connection, "to": tunnel})
         if connection_gone:
             _remove_matching(self.route_repairs, {"connection": connection})
             _remove_matching(self.failovers, {"connection": connection})
@@ -185,12 +226,15 @@ class Metrics:
     def failover(self, connection: str, old: str, new: str, reason: str) -> None:
         self.failovers.labels(connection, old, new, failover_reason(reason)).inc()
 
-    def serve(self, listen: str) -> None:
-        """Serve /metrics on host:port (the daemon's `metrics_listen`; "" disables it)."""
-        if not listen:
-            return
+    async def start_server(self, listen: str, **limits: float) -> "MetricsServer":
+        """Serve /metrics on host:port (the daemon's `metrics_listen`, not ""), in the event
+        loop (vpnd.metrics_server); raises OSError when it cannot bind."""
+        from vpnd.metrics_server import MetricsServer
+
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+        server = MetricsServer(self.render, **limits)
+        await server.start(host.strip("[]") or "127.0.0.1", int(port))
+        return server
 
 
 def _remove_matching(metric, labels: dict[str, str]) -> None:

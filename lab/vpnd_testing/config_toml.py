@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import math
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 SECRET_1 = "Sup3r-Secret-Key-One"          # distinctive, so a test can grep output for them
@@ -150,3 +152,18 @@ def leaf_paths(doc: Any, prefix: str = "") -> list[str]:
         paths.append(p)
         paths.extend(leaf_paths(v, p))
     return paths
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def installed_example(directory: Path) -> Path:
+    """config.toml.example as an operator installs it, in `directory`: its key files chmod 600
+    (git keeps them 0644, which vpnd refuses for a key, as sshd does)."""
+    shutil.copytree(REPO / "examples", directory / "examples")
+    for key in (directory / "examples").iterdir():
+        key.chmod(0o600)
+    path = directory / "config.toml.example"
+    path.write_text((REPO / "config.toml.example").read_text())
+    path.chmod(0o644)
+    return path

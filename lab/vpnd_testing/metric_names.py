@@ -52,6 +52,7 @@ def metric_names_in(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)          # string literals
     expr = re.sub(r"\{[^}]*\}", "", expr)                     # label matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)                    # range selectors
+    expr = re.sub(r"\boffset\s+-?[0-9smhdwy]+", "", expr)       # offset modifiers
     expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     expr = re.sub(r"\$\{?\w+\}?", "", expr)                   # Grafana variables
     words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vpnd_testing.config_toml import SECRET_1, SECRET_2, DELETE, bgp_config, dumps, mutate, route_config
+from vpnd_testing.config_toml import (
+    DELETE, SECRET_1, SECRET_2, bgp_config, dumps, installed_example, mutate, route_config,
+)
 from vpnd.config import check
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +26,9 @@ def write(path: Path, doc_or_text, mode=0o600) -> Path:
     path.write_text(text)
     path.chmod(mode)
     return path
+
+
+example_copy = installed_example      # the example as an operator installs it
 
 
 def run_check(path) -> tuple[int, str, str]:
@@ -127,13 +132,14 @@ def psk_file_config(tmp_path, psk_mode):
     return doc
 
 
-def test_psk_file_readable_by_others_warns(tmp_path):
+def test_psk_file_readable_by_others_is_refused(tmp_path):
     # psk_file paths are relative to the config file, wherever check runs from
+    # (a warning before issue 14; refused like sshd refuses a readable key)
     p = write(tmp_path / "c.toml", psk_file_config(tmp_path, 0o644), mode=0o644)
     rc, out, err = run_check(p)
-    assert rc == 0 and "OK" in out
-    assert (f"warning: connection[0].tunnel[0].psk_file: 't0.psk' is readable by group or "
-            f"others (mode 0644): chmod 600 {tmp_path / 't0.psk'}") in err
+    assert rc == 1 and out == ""
+    assert (f"error: connection[0].tunnel[0].psk_file: {tmp_path / 't0.psk'} is readable by "
+            f"group or others (mode 0644): chmod 600 {tmp_path / 't0.psk'}") in err
 
 
 def test_psk_file_private_no_warning(tmp_path):
@@ -142,11 +148,12 @@ def test_psk_file_private_no_warning(tmp_path):
     assert rc == 0 and err == ""
 
 
-def test_config_writable_by_others_warns(tmp_path):
+def test_config_writable_by_others_is_refused(tmp_path):
     p = write(tmp_path / "c.toml", route_config(), mode=0o600)
     p.chmod(0o622)                  # writable, but not readable, by group and others
     rc, _, err = run_check(p)
-    assert rc == 0 and f"warning: {p}: writable by group or others (mode 0622)" in err
+    assert rc == 1 and (f"error: {p}: {p} is writable by group or others (mode 0622), and it "
+                        f"decides where traffic goes: chmod go-w {p}") in err
 
 
 def test_bad_psk_never_printed(tmp_path):
@@ -155,8 +162,8 @@ def test_bad_psk_never_printed(tmp_path):
     assert rc == 1 and "connection[0].tunnel[0].psk" in err
 
 
-def test_example_passes():
-    rc, out, err = run_check(EXAMPLE)
+def test_example_passes(tmp_path):
+    rc, out, err = run_check(example_copy(tmp_path))
     assert rc == 0, err
     assert out.endswith("OK: 1 connection, 2 tunnels (route mode)\n")
     assert all(line.startswith("warning: ") for line in err.splitlines()), err
@@ -164,6 +171,7 @@ def test_example_passes():
 
 def test_example_in_bgp_mode(tmp_path):
     """Uncommenting the documented BGP tables and setting routing = "bgp" is valid."""
+    examples = example_copy(tmp_path).parent / "examples"
     lines = []
     for line in EXAMPLE.read_text().splitlines():
         for prefix in ("# [connection.bgp]", "# [connection.tunnel.bgp]", "# tunnel_cidr",
@@ -171,7 +179,7 @@ def test_example_in_bgp_mode(tmp_path):
             if line.startswith(prefix):
                 line = line[2:]
         lines.append(line.replace('routing = "route"', 'routing = "bgp"')
-                     .replace('"examples/', f'"{REPO}/examples/'))
+                     .replace('"examples/', f'"{examples}/'))
     rc, out, err = run_check(write(tmp_path / "bgp.toml", "\n".join(lines)))
     assert rc == 0, err
     assert "(bgp mode)" in out
@@ -184,8 +192,9 @@ def test_example_psk_files_are_fake():
 
 def test_subprocess_python_m_vpnd(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    example_copy(tmp_path)
     res = subprocess.run([sys.executable, "-m", "vpnd", "check", "-c", "config.toml.example"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "vpnd: config.toml.example OK: 1 connection, 2 tunnels (route mode)\n"
     assert "Traceback" not in res.stderr

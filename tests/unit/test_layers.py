@@ -16,7 +16,7 @@ PKG = ROOT / "vpnd"
 LAYERS = [
     ("pure", ["vpnd.config", "vpnd.core", "vpnd.logs", "vpnd.systemd"]),
     ("adapters", ["vpnd.render", "vpnd.charon", "vpnd.kernel", "vpnd.frr", "vpnd.probe",
-                  "vpnd.metrics"]),
+                  "vpnd.metrics", "vpnd.metrics_server"]),
     ("steering and control", ["vpnd.steering", "vpnd.control"]),
     ("commands", ["vpnd.run", "vpnd.doctor"]),
     ("dispatcher", ["vpnd.cli", "vpnd.__main__"]),
@@ -128,14 +128,17 @@ def _line(rel: str, text: str) -> int:
     return next(n for n, line in enumerate((ROOT / rel).read_text().splitlines(), 1) if text in line)
 
 
-def test_check_and_render_import_no_adapter_library():
+def test_check_and_render_import_no_adapter_library(tmp_path):
     """`vpnd check` and `vpnd render` stay fast and work without pyroute2 or pexpect loaded:
     the package __init__ files are empty and the dispatcher imports lazily."""
     import subprocess
     import sys
 
+    from vpnd_testing.config_toml import installed_example
+
+    example = str(installed_example(tmp_path))
     code = ("import sys\nfrom vpnd.cli import main\n"
-            "for argv in (['check', '-c', 'config.toml.example'], ['render', 'swanctl', '-c', 'config.toml.example']):\n"
+            f"for argv in (['check', '-c', {example!r}], ['render', 'swanctl', '-c', {example!r}]):\n"
             "    assert main(argv) == 0, argv\n"
             "print(sorted(m for m in ('pyroute2', 'pexpect', 'prometheus_client') if m in sys.modules))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "config.toml.example"
 QEMU_WORDS = ("qemu-system", "virtme", "vng ")
 
 
@@ -78,14 +77,17 @@ def test_the_wheel_holds_only_the_product(wheel):
 
 
 def test_check_and_render_work_from_the_wheel_alone(unpacked, tmp_path):
+    from vpnd_testing.config_toml import installed_example
+
+    example = installed_example(tmp_path)       # key files 0600, as vpnd demands
     code = f"""
 import contextlib, importlib.util, io, json
 import vpnd
 from vpnd.cli import main
 facts = {{"vpnd": vpnd.__file__, "vpnd_lab": importlib.util.find_spec("vpnd_lab") is not None,
           "vpnd_testing": importlib.util.find_spec("vpnd_testing") is not None}}
-for name, argv in (("check", ["check", "-c", {str(EXAMPLE)!r}]),
-                   ("render", ["render", "swanctl", "-c", {str(EXAMPLE)!r}]),
+for name, argv in (("check", ["check", "-c", {str(example)!r}]),
+                   ("render", ["render", "swanctl", "-c", {str(example)!r}]),
                    ("lab", ["lab", "status"])):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -1,12 +1,13 @@
 """`vpnd check -c FILE`: validate a config like `nginx -t` and say exactly what is wrong.
 
-Exit 0 when vpnd would accept the file (warnings allowed), 1 otherwise. It is stricter than
-loading about secrets: an inline `psk` in a file others can read is refused.
+Exit 0 when vpnd would accept the file (warnings allowed), 1 otherwise. File trust
+(vpnd.config.trust) is refused here exactly as `vpnd run` and a reload refuse it.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from typing import Any, TextIO
 
@@ -31,9 +32,32 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         print(f"error: {path}: internal error while checking ({type(exc).__name__}); "
               "please report it", file=err)
         return 1
+    problems = _environment_errors(config)
     _print(err, "warning", warnings)
+    if problems:
+        _print(err, "error", problems)
+        n = len(problems)
+        print(f"vpnd: {path}: {n} error{'s' if n != 1 else ''}, configuration rejected", file=err)
+        return 1
     print(f"vpnd: {path} OK: {summary(config)}", file=out)
     return 0
+
+
+def _environment_errors(config: Config) -> list[Problem]:
+    """What would fail at start on this machine and can be known without starting: a
+    metrics host that does not resolve (vpnd would run without its endpoint). A port already
+    taken is not checked: during a reload it is vpnd's own."""
+    listen = config.daemon.metrics_listen
+    if not listen:
+        return []
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        return [Problem("daemon.metrics_listen", f"host {host!r} does not resolve ({reason}): "
+                        "use an IP address such as 127.0.0.1")]
+    return []
 
 
 def summary(config: Config) -> str:
@@ -53,13 +77,6 @@ def _print(stream: TextIO, kind: str, problems: list[Problem]) -> None:
 def _environment_warnings(config: Config, path: str) -> list[Problem]:
     """Things that depend on this machine, so only `check` looks at them."""
     found = []
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return found
-    if mode & 0o022:
-        found.append(Problem(path, f"writable by group or others (mode {mode & 0o777:04o}): "
-                                   "anyone who can write it controls the VPN"))
     if any(c.routing == "bgp" for c in config.connections):
         vtysh = config.daemon.vtysh_path
         if not os.access(vtysh, os.X_OK):

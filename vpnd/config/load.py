@@ -16,6 +16,7 @@ import os
 
 from vpnd.config.model import Config, ConfigError, Problem
 from vpnd.config.reader import os_reason, parse_toml
+from vpnd.config.redact import mask_problems
 from vpnd.config.sections import (  # noqa: F401  (the key tables, imported from here by tests)
     BFD_KEYS,
     BGP_KEYS,
@@ -49,14 +50,14 @@ def load_file_with_warnings(
 ) -> tuple[Config, list[Problem]]:
     """Like `load_file`, also returning the warnings.
 
-    With `strict_permissions` an inline `psk` in a file readable by group or others is an
-    error, and a group/other-readable `psk_file` a warning (what `vpnd check` enforces).
+    With `strict_permissions` the files must be trustworthy (vpnd.config.trust: owner, not
+    writable by others, keys not readable by others): what check, run and reload enforce.
     """
     source = os.fspath(path)
     try:
         with open(source, "rb") as f:
             raw = f.read(CONFIG_MAX_BYTES + 1)
-            mode = os.fstat(f.fileno()).st_mode
+            st = os.fstat(f.fileno())
     except (OSError, ValueError) as exc:
         raise ConfigError([Problem(source, f"cannot read the file: {os_reason(exc)}")]) from None
     if len(raw) > CONFIG_MAX_BYTES:
@@ -67,23 +68,31 @@ def load_file_with_warnings(
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem(source, f"not UTF-8 text (byte {exc.start})")]) from None
     base_dir = os.path.dirname(os.path.abspath(source))
-    return _run(text, source, base_dir, mode if strict_permissions else None)
+    config, warnings, secrets = _run(text, source, base_dir)
+    if strict_permissions:
+        from vpnd.config import trust
+
+        refused = mask_problems(trust.problems(config, st), secrets)
+        if refused:
+            raise ConfigError(refused, warnings)
+    return config, warnings
 
 
 def load_text_with_warnings(
     text: str, source: str = "<memory>", base_dir: str | None = None
 ) -> tuple[Config, list[Problem]]:
     """Like `load_text`, also returning the warnings."""
-    return _run(text, source, base_dir, None)
+    return _run(text, source, base_dir)[:2]
 
 
-def _run(
-    text: str, source: str, base_dir: str | None, config_mode: int | None
-) -> tuple[Config, list[Problem]]:
-    """One validation run: parse, read every section, raise if anything was an error."""
+def _run(text: str, source: str, base_dir: str | None) -> tuple[Config, list[Problem], set[str]]:
+    """One validation run: parse, read every section, raise if anything was an error. No
+    problem ever quotes a key back (one pasted into another field): vpnd.config.redact."""
     data = parse_toml(text, source)
-    run = SectionReader(source, base_dir, config_mode)
+    run = SectionReader(source, base_dir)
     config = run.config(data)
-    if run.errors:
-        raise ConfigError(run.errors, run.warnings)
-    return config, run.warnings
+    errors = mask_problems(run.errors, run.secrets)
+    warnings = mask_problems(run.warnings, run.secrets)
+    if errors:
+        raise ConfigError(errors, warnings)
+    return config, warnings, run.secrets

@@ -94,10 +94,10 @@ def defaults(cls: type, **overrides: Any) -> SimpleNamespace:
 class SectionReader(Reader):
     """One validation run over a whole document: builds the model from whatever was valid."""
 
-    def __init__(self, source: str, base_dir: str | None, config_mode: int | None) -> None:
+    def __init__(self, source: str, base_dir: str | None) -> None:
         super().__init__(source, SECTIONS)
         self.base_dir = base_dir
-        self.config_mode = config_mode          # set: check secrets' file permissions
+        self.secrets: set[str] = set()          # every key read, valid or not (vpnd.config.redact)
 
     def config(self, data: dict[str, Any]) -> Config:
         self.check_keys(data, "", TOP_KEYS)
@@ -321,14 +321,11 @@ class SectionReader(Reader):
                 self.error(f"{p}.psk", f"expected a string (put it in quotes), got "
                            f"{type_name(value)}")
                 return None, None
+            self.secrets.add(value)
             problem = rules.psk_problem(value)
             if problem:
                 self.error(f"{p}.psk", problem)
                 return None, None
-            if self.config_mode is not None and self.config_mode & (stat.S_IRGRP | stat.S_IROTH):
-                self.error(f"{p}.psk", f"inline key in {self.source}, which is readable by "
-                           f"group or others (mode {stat.S_IMODE(self.config_mode):04o}): move "
-                           f"it to psk_file or chmod 600 {self.source}")
             self.short_psk(value, f"{p}.psk")
             return Secret(value), None
         return self.psk_file(d["psk_file"], f"{p}.psk_file")
@@ -365,6 +362,7 @@ class SectionReader(Reader):
         except UnicodeDecodeError:
             self.error(path, f"the key in {value!r} is not UTF-8 text")
             return None, None
+        self.secrets.update((text, text.rstrip("\r\n")))
         if text.endswith("\r\n"):
             text = text[:-2]
         elif text.endswith("\n"):
@@ -373,9 +371,6 @@ class SectionReader(Reader):
         if problem:
             self.error(path, f"{value!r}: {problem}")
             return None, None
-        if self.config_mode is not None and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
-            self.warn(path, f"{value!r} is readable by group or others (mode "
-                      f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 {full}")
         self.short_psk(text, path)
         return Secret(text), full
 

@@ -84,6 +84,14 @@ class VtyshTarget:
         return cls(daemon.vtysh_path, daemon.frr_pathspace, daemon.frr_vty_socket)
 
 
+def _one_path(path: str) -> str:
+    """`path` as pexpect's `command` when no arguments follow, so it names one file whatever it
+    contains: then (only then) pexpect splits `command` like a shell line (a vtysh_path
+    "/bin/sh -c ..." would run sh); a backslash before each character makes that split return
+    the path unchanged."""
+    return "".join("\\" + ch for ch in path)
+
+
 @dataclass
 class SessionStats:
     spawns: int = 0
@@ -113,11 +121,14 @@ class VtyshSession:
         env = {k: v for k, v in os.environ.items() if k != "VTYSH_PAGER"}
         env["TERM"] = "dumb"       # no escape sequences from readline
         try:
-            child = pexpect.spawn(self.target.vtysh, self.target.argv(), env=env, encoding="utf-8",
-                                  codec_errors="replace", echo=False, dimensions=(500, 10000),
-                                  timeout=self.timeout)
+            args = self.target.argv()
+            child = pexpect.spawn(self.target.vtysh if args else _one_path(self.target.vtysh),
+                                  args, env=env, encoding="utf-8", codec_errors="replace",
+                                  echo=False, dimensions=(500, 10000), timeout=self.timeout)
         except pexpect.ExceptionPexpect as err:
-            raise FrrUnavailable(f"cannot start {self.target.vtysh}: {err}") from None
+            reason = ("not an executable file (daemon.vtysh_path names one file)"
+                      if "not found or was not executable" in str(err) else str(err))
+            raise FrrUnavailable(f"cannot start {self.target.vtysh!r}: {reason}") from None
         child.delaybeforesend = None        # pexpect's default 50 ms per line
         self._child = child
         try:

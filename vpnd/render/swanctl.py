@@ -242,8 +242,17 @@ def section_lines(name: str, body: Mapping, indent: int = 0) -> list[str]:
 def secret_section(secret: Mapping, show_secrets: bool) -> dict:
     """A load-shared body in swanctl.conf's `secrets { ike-<name> { id-N; secret } }` form."""
     body: dict = {f"id-{i}": owner for i, owner in enumerate(secret["owners"], 1)}
-    body["secret"] = secret["data"] if show_secrets else MASK
+    body["secret"] = literal_secret(secret["data"]) if show_secrets else MASK
     return body
+
+
+def literal_secret(key: str) -> str:
+    """A key as swanctl.conf must spell it to mean these bytes: swanctl decodes a secret that
+    begins with 0x (hex) or 0s (base64), quoted or not, while VICI gets the raw bytes. Such a
+    key is written as 0x<hex of its UTF-8 bytes> (also 0X/0S, in case a version folds case)."""
+    if key[:2].lower() in ("0x", "0s"):
+        return "0x" + key.encode().hex()
+    return key
 
 
 def conf_text(conns: Mapping[str, dict], secrets: list[dict], show_secrets: bool) -> str:

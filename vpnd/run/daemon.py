@@ -4,7 +4,7 @@ Start order follows "subscribe, then snapshot, then apply deltas": each connecti
 starts first (route mode subscribes to netlink before it dumps and adopts existing vpnd
 routes, so a restart changes nothing in the kernel); charon's adapter registers for events
 before its first `list-sas`; probes start last. READY=1 goes to systemd after the first full
-charon sync.
+charon sync, or after a grace without one (STATUS then says vpnd waits for charon).
 
 What differs between routing modes is behind vpnd.steering: the daemon holds one steering
 object per connection and carries out the core's actions through it. A SIGHUP's reload is
@@ -170,29 +170,65 @@ class Daemon:
 
     async def run(self) -> int:
         install_signal_handlers(self.sup)
-        self.metrics.serve(self.config.daemon.metrics_listen)
+        metrics = await self._start_metrics()
         await self.start()
         reconciler = asyncio.create_task(self.sup.reconcile(), name="reconciler")
         watchdog = asyncio.create_task(self.sup.watchdog(), name="watchdog")
         control = await self._start_control()
         lag = asyncio.create_task(self._loop_lag(), name="loop-lag")
-        try:
-            await asyncio.wait_for(self._synced.wait(), 30)
-            self.sup.notifier.ready(self._summary())
-            log.info("vpnd.ready", connections=len(self.config.connections))
-        except TimeoutError:
-            log.warning("vpnd.charon_unreachable", socket=self.config.daemon.vici_socket,
-                        note="still retrying with backoff")
+        ready = asyncio.create_task(self._announce_ready(), name="ready")
         await self.sup.stopping.wait()
         self.sup.notifier.stopping()
         log.info("vpnd.stopping", withdraw=self.config.daemon.withdraw_on_stop)
         if control is not None:
             await control.stop()
+        if metrics is not None:
+            await metrics.stop()
         await self.stop(withdraw=self.config.daemon.withdraw_on_stop)
-        for task in (reconciler, watchdog, lag):
+        for task in (reconciler, watchdog, lag, ready):
             task.cancel()
-        await asyncio.gather(reconciler, watchdog, lag, return_exceptions=True)
+        await asyncio.gather(reconciler, watchdog, lag, ready, return_exceptions=True)
         return 0
+
+    ready_grace = 10.0      # seconds; well under systemd's TimeoutStartSec (90 s by default)
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once vpnd supervises, with charon or without: a READY that waited for
+        charon would let systemd kill vpnd at boot when charon is slow (Type=notify). Within
+        `ready_grace` the first sync comes first, so READY usually means "synced"; otherwise
+        STATUS says what vpnd waits for, and changes when charon answers, however late."""
+        try:
+            await asyncio.wait_for(self._synced.wait(), self.ready_grace)
+        except TimeoutError:
+            sock = self.config.daemon.vici_socket
+            log.warning("vpnd.charon_unreachable", socket=sock, note="still retrying with backoff")
+            self.sup.notifier.ready(f"waiting for charon at {sock}; {self._summary()}")
+            log.info("vpnd.ready", connections=len(self.config.connections), charon="waiting")
+            await self._synced.wait()
+            self.sup.notifier.status(self._summary())
+            log.info("vpnd.charon_synced", socket=sock)
+            return
+        self.sup.notifier.ready(self._summary())
+        log.info("vpnd.ready", connections=len(self.config.connections))
+
+    _metrics_problem = ""
+
+    async def _start_metrics(self) -> Any:
+        """Serve /metrics; a listen address that cannot be bound is logged and shown in the
+        status, never fatal: supervision matters more than its dashboard."""
+        listen = self.config.daemon.metrics_listen
+        if not listen:
+            return None
+        try:
+            server = await self.metrics.start_server(listen)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            log.error("metrics.unavailable", listen=listen, error=reason,
+                      note="vpnd keeps supervising without its metrics endpoint")
+            self._metrics_problem = f"; metrics endpoint {listen} unavailable: {reason}"
+            return None
+        log.info("metrics.listening", listen=listen)
+        return server
 
     async def stop(self, *, withdraw: bool) -> None:
         """Probes, then each connection's steering (routes and FRR stay unless `withdraw`),
@@ -351,7 +387,8 @@ class Daemon:
 
     def _summary(self) -> str:
         n = sum(len(c.tunnels) for c in self.config.connections)
-        return f"{len(self.config.connections)} connection(s), {n} tunnel(s) supervised"
+        return (f"{len(self.config.connections)} connection(s), {n} tunnel(s) supervised"
+                f"{self._metrics_problem}")
 
 
 def _charon_name(key: E.TunnelKey) -> str:

@@ -14,10 +14,11 @@ from vpnd.config.model import ConfigError
 
 
 def main(args: Any) -> int:
-    from vpnd.config.load import load_file
+    from vpnd.config.load import load_file_with_warnings
 
     try:
-        config = load_file(args.config)
+        # trusted files only (vpnd.config.trust), as on reload and in `vpnd check`
+        config = load_file_with_warnings(args.config, strict_permissions=True)[0]
     except ConfigError as err:
         for p in err.errors:
             print(f"error: {p}", flush=True)

@@ -144,9 +144,11 @@ class Supervisor:
         log.info("config.reload_requested", source=self.config.source)
         self.notifier.reloading()
         try:
-            from vpnd.config.load import load_file
+            from vpnd.config.load import load_file_with_warnings
 
-            new = load_file(self.config.source)
+            # trusted files only (vpnd.config.trust), as at start and in `vpnd check`
+            new = load_file_with_warnings(self.config.source, strict_permissions=True)[0]
+            logs.register_secrets(t.psk.reveal() for c in new.connections for t in c.tunnels)
         except ConfigError as err:
             for p in err.errors:
                 # `path`, not `key`: the log redactor masks any field named key
