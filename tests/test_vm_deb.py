@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def debs(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def guest(debs):
+def guest(debs, tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the vm backend needs root")
     kernel = vm.ensure_guest_kernel()
@@ -49,15 +50,20 @@ def guest(debs):
            "PYTHONUNBUFFERED": "1", "VPND_DEBS": ":".join(str(d) for d in debs)}
     started = time.monotonic()
     result = vm.run_in_guest("echo GUEST-UP; exec python -m vpnd.lab.guest_deb", timeout=1500,
-                             env=env, cwd=ROOT, kernel=kernel, systemd=True, stream=None)
+                             env=env, cwd=ROOT, kernel=kernel, systemd=True, stream=sys.stdout)
     wall = time.monotonic() - started
     lines = [l for l in result.output.splitlines() if l.startswith("DEB-RESULT ")]
     assert not result.timed_out, "the guest did not finish in time:\n" + result.output[-6000:]
     assert lines, "no DEB-RESULT line from the guest:\n" + result.output[-6000:]
     report = json.loads(lines[-1].split(" ", 1)[1])
+    saved = ROOT / ".lab" / "deb-guest-result.json"       # .lab/ is git-ignored
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps(report, indent=1, sort_keys=True))
+    print(f"\nthe guest's whole report: {saved}")
     print(f"\ndeb guest: {wall:.1f} s wall; steps (s): " + json.dumps(report.get("seconds"))
           + "; " + json.dumps({k: report.get(k) for k in (
-              "uptime_at_script", "route_start_seconds", "bgp_start_seconds", "exposure",
+              "uptime_at_script", "install_apt_seconds", "route_start_seconds", "upgrade_apt_seconds",
+              "upgrade_to_ready_seconds", "bgp_start_seconds", "exposure",
               "exposure_offline_installed")}))
     return result, report
 
@@ -72,11 +78,11 @@ def test_every_step_ran(guest):
 def test_apt_installs_the_package_and_the_group(guest):
     _, r = guest
     # without FRR's group, what the shipped unit hit before the package created it
-    assert r["no_group_rc"] != 0, r["no_group_stderr"]
+    assert r["no_group_rc"] != 0 and "ExecMainStatus=216" in r["no_group_output"], r["no_group_output"]
     assert r["install_rc"] == 0, r["install_output"]
     assert r["installed_version"].endswith("-1")
     assert r["group_after_install"].startswith("frrvty:")
-    assert r["with_group_rc"] == 0
+    assert r["with_group_rc"] == 0, r["with_group_output"]
     assert r["etc_vpnd_mode"] == "0o700"
     assert r["launcher"] == "#!/usr/bin/python3 -I"
     # installed, not started: it needs /etc/vpnd/config.toml first
@@ -88,7 +94,8 @@ def test_check_doctor_and_start_in_route_mode(guest):
     assert r["check_rc"] == 0, r["check_output"]
     checks = {c["check"]: c["status"] for c in r["doctor"]["checks"]} if "doctor" in r else {}
     assert checks.get("firewall") == "PASS", r.get("doctor") or r.get("doctor_output")
-    assert checks.get("config") == "PASS"
+    assert checks.get("config") in ("PASS", "WARN")     # the lab's proposals draw weak-crypto warnings
+    assert "FAIL" not in checks.values(), r["doctor"]
     assert r["route_start_rc"] == 0
     assert r["route_after_start"]["StatusText"] == "1 connection(s), 2 tunnel(s) supervised"
     assert r["route_ready_logged"] and r["route_routes"]
@@ -122,6 +129,19 @@ def test_bgp_mode_under_the_shipped_unit(guest):
     assert "router bgp 65530" in r["bgp_running_config"]
     assert "proto bgp" in r["bgp_route"] or r["bgp_route"], r["bgp_route"]
     assert r["bgp_reload_rc"] == 0
+    # vpnd and the vtysh it drives: root without CAP_DAC_OVERRIDE, in group frrvty
+    for who in (r["bgp_vpnd_identity"], r["bgp_vtysh_identity"]):
+        assert who and who["cap_dac_override"] == "False", who
+        assert r["frrvty_gid"] in who["Groups"].split(), who
+    assert r["bgp_vtysh_identity"]["Name"] == "vtysh"
+
+
+def test_without_the_group_vtysh_cannot_reach_frr(guest):
+    """Why the unit joins frrvty: the same unit with an empty SupplementaryGroups= loses FRR."""
+    _, r = guest
+    assert r["frrvty_gid"] not in r["nogroup_vpnd_identity"]["Groups"].split()
+    assert "failed to connect to any daemons" in (r["nogroup_unreachable"]["error"] or ""), r["nogroup_unreachable"]
+    assert len(r["group_back_established"]) == 2
 
 
 def test_remove_stops_vpnd_and_leaves_the_sas(guest):

@@ -88,6 +88,30 @@ def sa_ids(lab) -> dict[str, tuple[str, int, str, int]]:
     return {s["name"]: (s["ike"], s["ike_id"], s["child"], s["child_id"]) for s in list_sas(lab)}
 
 
+PROBE = Path("/run/systemd/system/vpnd-groupprobe.service")
+
+
+def group_probe() -> tuple[int, str]:
+    """A oneshot unit with the shipped unit's SupplementaryGroups=: fails with 216/GROUP where
+    the group does not exist. (systemd-run needs D-Bus, which this boot does not start; a unit
+    file systemd has not seen yet is loaded on demand, without a daemon-reload.)"""
+    if not PROBE.exists():
+        PROBE.write_text("[Service]\nType=oneshot\nSupplementaryGroups=frrvty\nExecStart=/bin/true\n")
+    r = sh("systemctl", "start", PROBE.name, timeout=120)
+    st = sh("systemctl", "show", PROBE.name, "-p", "Result,ExecMainCode,ExecMainStatus").stdout.split()
+    sh("systemctl", "reset-failed", PROBE.name)
+    return r.returncode, " ".join(st) + " " + r.stderr.strip()[-300:]
+
+
+def identity(pid: str) -> dict[str, str]:
+    """A process's effective capabilities and groups, as the kernel sees them."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    keep = {k: v.strip() for k, v in (l.split(":", 1) for l in status) if k in ("Name", "Uid", "Groups", "CapEff", "CapBnd")}
+    eff = int(keep.get("CapEff", "0"), 16)
+    keep["cap_dac_override"] = str(bool(eff & (1 << 1)))
+    return keep
+
+
 def write_config(lab) -> None:
     """The lab's config as /etc/vpnd/config.toml, its PSKs as /etc/vpnd/tunnelN.psk (0600):
     where the shipped unit looks. The control socket goes back to its default in /run/vpnd."""
@@ -146,9 +170,7 @@ def main() -> int:
             os.rename("/usr/sbin/policy-rc.d", "/usr/sbin/policy-rc.d.docker")
             RESULT["policy_rc_d_moved"] = True
         sh("groupdel", "frrvty", check=True)
-        r = sh("systemd-run", "--wait", "--quiet", "-p", "SupplementaryGroups=frrvty", "/bin/true", timeout=120)
-        RESULT["no_group_rc"] = r.returncode
-        RESULT["no_group_stderr"] = r.stderr.strip()[-300:]
+        RESULT["no_group_rc"], RESULT["no_group_output"] = group_probe()
         # The lab's charons run in namespaces; the root namespace's charon and FRR are of no use
         # here and slow to start under TCG (the unit Wants= them).
         sh("systemctl", "mask", "--runtime", "--no-reload", "frr.service", "strongswan.service",
@@ -162,7 +184,9 @@ def main() -> int:
         return finish(lab)
 
     with Step("install"):
+        t0 = time.monotonic()
         r = apt("install", str(debs[0]), timeout=900)
+        RESULT["install_apt_seconds"] = round(time.monotonic() - t0, 2)
         RESULT["install_rc"] = r.returncode
         RESULT["install_output"] = (r.stdout + r.stderr)[-2500:]
         if r.returncode != 0:
@@ -174,8 +198,7 @@ def main() -> int:
         RESULT["unit_enabled_after_install"] = sh("systemctl", "is-enabled", "vpnd.service").stdout.strip()
         RESULT["unit_active_after_install"] = sh("systemctl", "is-active", "vpnd.service").stdout.strip()
         RESULT["launcher"] = Path("/usr/bin/vpnd").read_text().splitlines()[0]
-        r = sh("systemd-run", "--wait", "--quiet", "-p", "SupplementaryGroups=frrvty", "/bin/true", timeout=120)
-        RESULT["with_group_rc"] = r.returncode
+        RESULT["with_group_rc"], RESULT["with_group_output"] = group_probe()
     if RESULT.get("install_rc") != 0:
         return finish(lab)
 
@@ -218,12 +241,15 @@ def main() -> int:
         n_ready = len(events("vpnd.ready"))
         mon = route_monitor(lab)
         time.sleep(0.5)
+        t0 = time.monotonic()
         r = apt("install", str(debs[1]), timeout=900)
+        RESULT["upgrade_apt_seconds"] = round(time.monotonic() - t0, 2)
         RESULT["upgrade_rc"] = r.returncode
         RESULT["upgrade_output"] = (r.stdout + r.stderr)[-2000:]
         RESULT["upgraded_version"] = installed_version()
         wait("the restarted vpnd ready", lambda: len(events("vpnd.ready")) > n_ready, 180)
         wait("vpnd active", lambda: show("ActiveState")["ActiveState"] == "active", 60)
+        RESULT["upgrade_to_ready_seconds"] = round(time.monotonic() - t0, 2)
         time.sleep(3)        # a few probe rounds of the new vpnd
         after = {"sas": sa_ids(lab), "routes": vpnd_routes(lab), "pid": show("MainPID")["MainPID"],
                  "config": (ETC / "config.toml").read_bytes().hex()[:64]}
@@ -272,11 +298,35 @@ def main() -> int:
                                     for e in vpnd_events(journal())
                                     if e.get("event", "").startswith("frr") and e.get("level") in ("error", "warning")][-10:]
         RESULT["bgp_status"] = show("StatusText")["StatusText"]
+    with Step("bgp_identity"):
+        RESULT["bgp_vpnd_identity"] = identity(show("MainPID")["MainPID"])
+        vtysh = sh("pgrep", "-P", show("MainPID")["MainPID"], "-x", "vtysh").stdout.split()
+        RESULT["bgp_vtysh_identity"] = identity(vtysh[0]) if vtysh else None
+        RESULT["frrvty_gid"] = sh("getent", "group", "frrvty").stdout.split(":")[2]
     with Step("reload_bgp"):
         n = len(events("config.reloaded"))
         r = sh("systemctl", "reload", "vpnd.service", timeout=300)
         RESULT["bgp_reload_rc"] = r.returncode
         wait("config.reloaded", lambda: len(events("config.reloaded")) > n, 120)
+
+    # What the group is for: the same unit without it (a drop-in that empties the list).
+    nogroup = DROPIN.with_name("nogroup.conf")
+    with Step("bgp_without_group"):
+        nogroup.write_text("[Service]\nSupplementaryGroups=\n")
+        sh("systemctl", "daemon-reload", check=True, timeout=300)
+        n = len(events("frr.unreachable"))
+        sh("systemctl", "restart", "--no-block", "vpnd.service", check=True)
+        wait("frr.unreachable", lambda: len(events("frr.unreachable")) > n, 180)
+        RESULT["nogroup_unreachable"] = {k: events("frr.unreachable")[-1].get(k) for k in ("event", "error", "level")}
+        RESULT["nogroup_vpnd_identity"] = identity(show("MainPID")["MainPID"])
+    with Step("bgp_group_back"):
+        nogroup.unlink(missing_ok=True)
+        sh("systemctl", "daemon-reload", check=True, timeout=300)
+        n = len(events("bgp.adopted"))     # vpnd read FRR's state through vtysh again
+        sh("systemctl", "restart", "vpnd.service", check=True, timeout=300)
+        wait("bgp.adopted", lambda: len(events("bgp.adopted")) > n, 180)
+        wait("both BGP sessions Established", lambda: len(frr.established_peers(lab, "cgw")) == 2, 180, step=0.5)
+        RESULT["group_back_established"] = sorted(frr.established_peers(lab, "cgw"))
 
     with Step("remove"):
         before = sa_ids(lab)
