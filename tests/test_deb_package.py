@@ -172,3 +172,12 @@ def test_maintainer_scripts(deb, tmp_path):
     prerm = (tmp_path / "c/prerm").read_text()
     assert re.search(r"remove\)\n.*\n\s+deb-systemd-invoke stop vpnd.service", prerm)
     assert "upgrade)" not in prerm                 # no stop before an upgrade
+
+
+def test_two_builds_of_one_tree_are_identical(deb, tmp_path):
+    """File times come from the last commit (SOURCE_DATE_EPOCH), owners are root, the
+    libraries are pinned: the same checkout gives the same bytes."""
+    r = subprocess.run([str(ROOT / "scripts" / "build-deb"), "--out", str(tmp_path)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / deb.name).read_bytes() == deb.read_bytes()
