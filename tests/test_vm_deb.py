@@ -96,6 +96,7 @@ def test_check_doctor_and_start_in_route_mode(guest):
     assert checks.get("firewall") == "PASS", r.get("doctor") or r.get("doctor_output")
     assert checks.get("config") in ("PASS", "WARN")     # the lab's proposals draw weak-crypto warnings
     assert "FAIL" not in checks.values(), r["doctor"]
+    assert checks.get("unit_group") == "PASS"             # the group the package created
     assert r["route_start_rc"] == 0
     assert r["route_after_start"]["StatusText"] == "1 connection(s), 2 tunnel(s) supervised"
     assert r["route_ready_logged"] and r["route_routes"]
