@@ -130,6 +130,7 @@ def test_bgp_mode_under_the_shipped_unit(guest):
     assert "router bgp 65530" in r["bgp_running_config"]
     assert "proto bgp" in r["bgp_route"] or r["bgp_route"], r["bgp_route"]
     assert r["bgp_reload_rc"] == 0
+    assert r["bgp_doctor"]["frr"][0] == "PASS" and r["bgp_doctor"]["unit_group"][0] == "PASS", r["bgp_doctor"]
     # vpnd and the vtysh it drives: root without CAP_DAC_OVERRIDE, in group frrvty
     for who in (r["bgp_vpnd_identity"], r["bgp_vtysh_identity"]):
         assert who and who["cap_dac_override"] == "False", who

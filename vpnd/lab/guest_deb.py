@@ -298,6 +298,10 @@ def main() -> int:
                                     for e in vpnd_events(journal())
                                     if e.get("event", "").startswith("frr") and e.get("level") in ("error", "warning")][-10:]
         RESULT["bgp_status"] = show("StatusText")["StatusText"]
+        r = sh("ip", "netns", "exec", lab.ns("cgw"), VPND, "doctor", "--json", "-c", str(ETC / "config.toml"),
+               timeout=300)
+        RESULT["bgp_doctor"] = {c["check"]: [c["status"], c["detail"]] for c in json.loads(r.stdout)["checks"]
+                                if c["check"] in ("frr", "unit_group", "frr_graceful_restart")}
     with Step("bgp_identity"):
         RESULT["bgp_vpnd_identity"] = identity(show("MainPID")["MainPID"])
         vtysh = sh("pgrep", "-P", show("MainPID")["MainPID"], "-x", "vtysh").stdout.split()
