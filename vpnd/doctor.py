@@ -629,7 +629,7 @@ def diagnose(config_path: str) -> list[Result]:
                     *(routes if isinstance(routes, list) else [routes]),
                     guarded("frr", check_frr, config),
                     guarded("unit_group", check_unit_group,
-                            any(c.routing == "bgp" for c in config.connections), bgpd_vty_path(config.daemon)),
+                            any(c.bgp is not None for c in config.connections), bgpd_vty_path(config.daemon)),
                     guarded("frr_graceful_restart", check_zebra_graceful_restart, config)]
     return results
 
