@@ -422,6 +422,49 @@ def check_frr(config: Config) -> Result:
     return Result(name, PASS, f"vtysh reaches FRR; daemons: {r.stdout.strip()}")
 
 
+UNIT_GROUP = "frrvty"          # systemd/vpnd.service's SupplementaryGroups=
+
+
+def bgpd_vty_path(daemon) -> Path:
+    """Where vtysh finds bgpd: --vty_socket DIR, else FRR's run dir (per -N pathspace)."""
+    if daemon.frr_vty_socket:
+        return Path(daemon.frr_vty_socket) / "bgpd.vty"
+    return Path("/run/frr") / (daemon.frr_pathspace or "") / "bgpd.vty"
+
+
+def check_unit_group(bgp: bool, vty: Path | None) -> Result:
+    """The unit runs vpnd as root without CAP_DAC_OVERRIDE and joins FRR's vty group. Where the
+    group is missing systemd refuses to start it (status=216/GROUP); in BGP mode vtysh reaches
+    bgpd only if bgpd's vty socket lets that group in. `vpnd doctor` itself runs with all of
+    root's capabilities (the frr check passes regardless), so look at the group and socket."""
+    import grp
+
+    name = "unit_group"
+    try:
+        gid = grp.getgrnam(UNIT_GROUP).gr_gid
+    except KeyError:
+        return Result(name, FAIL, f"group {UNIT_GROUP} does not exist: systemd will not start "
+                      "vpnd.service (status=216/GROUP)",
+                      f"addgroup --system {UNIT_GROUP} (the vpnd package and FRR's create it)")
+    if not bgp or vty is None:
+        return Result(name, PASS, f"group {UNIT_GROUP} exists (gid {gid}) for the unit's SupplementaryGroups=")
+    try:
+        st = os.stat(vty)
+    except FileNotFoundError:
+        return Result(name, PASS, f"group {UNIT_GROUP} exists; {vty} is not there to check (see the frr check)")
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    mode = oct(st.st_mode & 0o777)
+    if st.st_gid != gid or st.st_mode & 0o060 != 0o060:
+        return Result(name, FAIL, f"{vty} is group {group} mode {mode}: the unit (root without "
+                      f"CAP_DAC_OVERRIDE, group {UNIT_GROUP}) cannot connect to bgpd",
+                      f"run FRR with vty group {UNIT_GROUP} (Debian's FRR does), or give the unit "
+                      "that group in a drop-in: SupplementaryGroups=GROUP")
+    return Result(name, PASS, f"{vty} is group {UNIT_GROUP} mode {mode}: the unit reaches bgpd")
+
+
 def zebra_cmdlines(proc: Path = Path("/proc")) -> list[list[str]]:
     """The command lines of the zebra processes in this network namespace (a gateway may
     run other FRR instances in other namespaces: theirs say nothing about ours)."""
@@ -561,6 +604,8 @@ def diagnose(config_path: str) -> list[Result]:
                     guarded("mtu", check_mtu, config),
                     *(routes if isinstance(routes, list) else [routes]),
                     guarded("frr", check_frr, config),
+                    guarded("unit_group", check_unit_group,
+                            any(c.bgp is not None for c in config.connections), bgpd_vty_path(config.daemon)),
                     guarded("frr_graceful_restart", check_zebra_graceful_restart, config)]
     return results
 

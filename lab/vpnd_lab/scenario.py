@@ -193,6 +193,8 @@ def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
             dev = f"cloud{i}"
             lab.ip("cloud", "link", "add", dev, "type", "xfrm", "dev", "wan0", "if_id", str(CLOUD_IF_IDS[i]))
             lab.ip("cloud", "link", "set", dev, "up")
+            if opts.routing == "bgp":     # the cloud's BGP peer address (vpnd puts ours on ipsecN)
+                lab.ip("cloud", "addr", "add", f"{p.inner[i][1]}/30", "dev", dev)
     # The cloud's routes back to the LAN: per-tunnel tables for symmetric return, and metric
     # routes for flows the VPC starts.
     for i in range(2):

@@ -1,7 +1,7 @@
 """Issue 14 #12: every labelled counter series that can be known from the config exists at 0
 from the first scrape, so increase()-based alerts fire on a real Prometheus (a series born at
 its first increment reads increase() = 0 there). The rule side (series absent, then 1) is in
-docs/monitoring/alerts_test.yml, run by tests/test_monitoring.py."""
+docs/monitoring/alerts_test.yml, run by tests/unit/test_monitoring.py."""
 
 from __future__ import annotations
 

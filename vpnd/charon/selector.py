@@ -8,7 +8,7 @@ interfaces. What picks the tunnel, measured with charon 5.9.8 (docs/policy-mode.
   priorities nor `rekey` moves traffic; a fresh CHILD SA on the preferred tunnel does, with
   no packet lost.
 - kernel XFRM (kernel-netlink; measured on Debian 12's kernel 6.1 in the vm tier,
-  tests/guest_policy_xfrm.py): both children share one kernel policy per selector; its
+  tests/vm/guest_policy_xfrm.py): both children share one kernel policy per selector; its
   template is the CHILD SA with the lowest `priority` value, and on a tie the newest. A rekey
   of the standby (priority 2) does not take the traffic. The kernel's outbound policy names
   the carrier (its template's endpoints): vpnd reads it (vpnd/kernel/xfrm_policy.py).

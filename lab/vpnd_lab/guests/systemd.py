@@ -7,7 +7,7 @@ guest's serial-getty) then:
   interfaces) as tests/vm/guest_route_failover.py does, so vpnd really supervises two tunnels;
 - installs systemd/vpnd.service as shipped into /run/systemd/system (the guest's root is the
   host's, read-only) with one drop-in, `vpnd.service.d/lab.conf`, that only adapts what
-  legitimately differs in the lab: this checkout's vpnd instead of /usr/local/bin/vpnd, the lab
+  legitimately differs in the lab: this checkout's vpnd instead of /usr/bin/vpnd, the lab
   config instead of /etc/vpnd/config.toml, and NetworkNamespacePath= of the lab's gateway
   namespace (production has no netns), and read-only binds of the venv's interpreter (pyenv
   under /root) and of this checkout (a CI clone in /tmp) where the shipped ProtectHome= or
@@ -154,8 +154,10 @@ def install_unit(config: Path, netns: str) -> Path:
         "ExecReload=/bin/kill -HUP $MAINPID\n"
         f"NetworkNamespacePath=/run/netns/{netns}\n"
         + lab_binds())
-    # vpnd Wants= frr.service: in the guest that is the host's FRR unit in the root namespace.
-    sh("systemctl", "mask", "--runtime", "--no-reload", "frr.service", check=True)
+    # vpnd Wants= frr.service and charon's units: in the guest those are the host's, in the root
+    # namespace, of no use to the lab (its charons and FRRs run in namespaces) and slow to start.
+    sh("systemctl", "mask", "--runtime", "--no-reload", "frr.service", "strongswan-starter.service",
+       "strongswan.service", check=True)
     t0 = time.monotonic()
     sh("systemctl", "daemon-reload", check=True)      # ~10-60 s under TCG: once only
     RESULT["daemon_reload_seconds"] = round(time.monotonic() - t0, 2)
