@@ -19,6 +19,7 @@ from vpnd.config.reader import os_reason, parse_toml
 from vpnd.config.sections import (  # noqa: F401  (the key tables, imported from here by tests)
     BFD_KEYS,
     BGP_KEYS,
+    CLOUD_HEALTH_KEYS,
     CONNECTION_KEYS,
     DAEMON_KEYS,
     FAILOVER_KEYS,
