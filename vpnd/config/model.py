@@ -236,6 +236,12 @@ class ConnectionConfig:
         return not self.selects_by_sa
 
     @property
+    def kernel_routes(self) -> bool:
+        """Route mode: vpnd keeps the routes (the remote networks, the cloud check's /32) and
+        the cloud picks its sending tunnel by its own health check, not by BGP."""
+        return self.routing == "route"
+
+    @property
     def has_bgp(self) -> bool:
         """BGP mode: each tunnel's BGP session (and BFD) is evidence, and FRR is driven."""
         return self.routing == "bgp"
