@@ -201,16 +201,32 @@ class ReturnPath:
         self.writes += 1
 
     async def _table_routes(self, table: int) -> dict[str, int | None]:
-        """dst -> oif of vpnd's routes in `table`."""
-        ipr = await self._rtnl()
-        out = {}
-        async for m in await ipr.route("dump", table=table, proto=self.protocol):
-            if m.get("proto") != self.protocol or m.get("family") != 2:
-                continue
-            if (m.get("RTA_TABLE") or m.get("table")) != table:
-                continue
-            out[f"{m.get('RTA_DST') or '0.0.0.0'}/{m['dst_len']}"] = m.get("RTA_OIF")
-        return out
+        """dst -> oif of vpnd's routes in `table`. Read with iproute2, whose dump the kernel
+        filters by table (strict checking): pyroute2 0.9 dumps every route of every table
+        and filters in Python, 2.7 s for one table on a box with 50,000 routes elsewhere."""
+        argv = ([] if self.netns is None else ["ip", "netns", "exec", self.netns]) + [
+            "ip", "-j", "route", "show", "table", str(table), "proto", str(self.protocol)]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), NFT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ReturnPathError(f"cannot read routing table {table}: {exc}") from exc
+        if proc.returncode != 0:
+            if b"FIB table does not exist" in err:
+                return {}
+            raise ReturnPathError(f"cannot read routing table {table}: {err.decode().strip()}")
+        try:
+            routes = json.loads(out.strip() or b"[]")
+        except ValueError as exc:
+            raise ReturnPathError(f"routing table {table}: unreadable answer") from exc
+        names = {}
+        for r in routes:
+            dst = r.get("dst", "")
+            dst = dst if "/" in dst else ("0.0.0.0/0" if dst == "default" else f"{dst}/32")
+            names[dst] = r.get("dev")
+        return {dst: await self._ifindex(dev) if dev else None for dst, dev in names.items()}
 
     async def _ifindex(self, ifname: str) -> int | None:
         ipr = await self._rtnl()
