@@ -581,6 +581,11 @@ def return_path_problems(c: Any, protocol: int) -> list[str]:
         if not routes:
             problems.append(f"no route {src} (protocol {protocol}) through the tunnels in the "
                             "main table")
+    elif run("ip", "route", "get", str(chc.source_ip)).returncode != 0:
+        # BGP mode: FRR owns the routes; a reply the gateway generates needs one to start from
+        problems.append(f"no route to {chc.source_ip}: the gateway's own replies to the "
+                        "cloud's check are dropped; have the cloud announce it over BGP or "
+                        f"add a route {src} through a tunnel")
     r = run("ip", "-j", "rule", "show")
     rules = json.loads(r.stdout or "[]") if r.returncode == 0 else []
     have = set()

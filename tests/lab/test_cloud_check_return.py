@@ -192,3 +192,74 @@ def test_a_reload_of_the_check_touches_no_tunnel_and_removing_it_cleans_up(make_
     assert lab.lab.ip("cgw", "route", "show", "table", "43").stdout.strip() == ""
     assert lab.lab.exec("cgw", "nft", "list", "table", "inet", "vpnd", check=False).returncode != 0
     assert {s["name"]: (s["ike_id"], s["child_id"]) for s in list_sas(lab.lab)} == before
+
+
+def test_bgp_mode_answers_on_the_arrival_tunnel_too(make_lab):
+    """BGP mode: FRR owns the routes (vpnd adds no /32 there), the reply marking is the same.
+    A reply the gateway itself generates needs SOME route to the source IP first (the kernel
+    drops an ICMP reply it cannot route before the output hook could re-route it): learned
+    by BGP, or static as here, through tunnel 1; the marking still sends it by tunnel 2."""
+    from vpnd_lab import frr
+    from vpnd_testing.lab_fixtures import BGP_PEERS
+
+    if not frr.available():
+        pytest.skip("FRR is not installed")
+    lab = make_lab(routing="bgp", frr_by_vpnd=True)
+    cfg = lab.lab.dir / "vpnd.toml"
+    cfg.write_text(cfg.read_text().replace("[connection.failover]", f"""[connection.cloud_health_check]
+source_ip = "{SOURCE_IP}"
+destination_ip = "172.16.0.10"
+
+[connection.failover]"""))
+    lab.lab.ip("cloud", "addr", "add", f"{SOURCE_IP}/32", "dev", "lo")
+    counters = "\n".join(
+        f'  iifname "vxlan{i}" ip saddr {d} ip daddr {SOURCE_IP} icmp type echo-reply counter'
+        for i in (1, 2) for d in ("172.16.0.10",))
+    nft(lab.lab, "cloud", f"""table ip hccount {{
+ chain pre {{
+  type filter hook prerouting priority -300; policy accept;
+{counters}
+ }}
+}}
+""")
+    lab.start_vpnd()
+    wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
+    wait_until("both BGP sessions Established over the tunnels",
+               lambda: frr.established_peers(lab.lab, "cgw") == BGP_PEERS, 40, interval=0.1)
+    wait_until("the return path set", lambda: lab.events("return_path.set"), 10)
+    assert SOURCE_IP not in lab.lab.ip("cgw", "route", "show", "proto", "249").stdout
+    # a LAN host answers: forwarded, marked at prerouting, no route to the source needed
+    assert cloud_probe(lab, "172.16.0.10", 2) == {"vxlan1": 0, "vxlan2": 5}
+    assert cloud_probe(lab, "172.16.0.10", 1) == {"vxlan1": 5, "vxlan2": 0}
+
+
+def test_the_gateway_answers_in_bgp_mode_once_the_source_is_routed(make_lab):
+    from vpnd_lab import frr
+    from vpnd_testing.lab_fixtures import BGP_PEERS
+
+    if not frr.available():
+        pytest.skip("FRR is not installed")
+    lab = make_lab(routing="bgp", frr_by_vpnd=True)
+    cfg = lab.lab.dir / "vpnd.toml"
+    cfg.write_text(cfg.read_text().replace("[connection.failover]", f"""[connection.cloud_health_check]
+source_ip = "{SOURCE_IP}"
+destination_ip = "172.16.0.1"
+
+[connection.failover]"""))
+    lab.lab.ip("cloud", "addr", "add", f"{SOURCE_IP}/32", "dev", "lo")
+    nft(lab.lab, "cloud", f"""table ip hccount {{
+ chain pre {{
+  type filter hook prerouting priority -300; policy accept;
+  iifname "vxlan1" ip saddr 172.16.0.1 ip daddr {SOURCE_IP} icmp type echo-reply counter
+  iifname "vxlan2" ip saddr 172.16.0.1 ip daddr {SOURCE_IP} icmp type echo-reply counter
+ }}
+}}
+""")
+    lab.start_vpnd()
+    wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
+    wait_until("both BGP sessions Established over the tunnels",
+               lambda: frr.established_peers(lab.lab, "cgw") == BGP_PEERS, 40, interval=0.1)
+    wait_until("the return path set", lambda: lab.events("return_path.set"), 10)
+    lab.lab.ip("cgw", "route", "add", f"{SOURCE_IP}/32", "dev", "vxlan1")   # as if learned
+    assert cloud_probe(lab, "172.16.0.1", 2) == {"vxlan1": 0, "vxlan2": 5}
+    assert cloud_probe(lab, "172.16.0.1", 1) == {"vxlan1": 5, "vxlan2": 0}
