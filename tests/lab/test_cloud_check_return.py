@@ -263,3 +263,19 @@ destination_ip = "172.16.0.1"
     lab.lab.ip("cgw", "route", "add", f"{SOURCE_IP}/32", "dev", "vxlan1")   # as if learned
     assert cloud_probe(lab, "172.16.0.1", 2) == {"vxlan1": 0, "vxlan2": 5}
     assert cloud_probe(lab, "172.16.0.1", 1) == {"vxlan1": 5, "vxlan2": 0}
+
+
+def test_a_withdrawing_stop_removes_it_a_plain_stop_leaves_it(make_lab):
+    lab = cloud_check_lab(make_lab, "172.16.0.1")
+    lab.stop_vpnd()
+    assert "lookup 42" in lab.lab.ip("cgw", "rule", "show").stdout, "a plain stop leaves it"
+    assert cloud_probe(lab, "172.16.0.1", 2) == {"vxlan1": 0, "vxlan2": 5}
+    cfg = lab.lab.dir / "vpnd.toml"
+    cfg.write_text(cfg.read_text().replace("[daemon]\n", "[daemon]\nwithdraw_on_stop = true\n", 1))
+    lab.start_vpnd()
+    lab.wait_event("routes.adopted", after=1)
+    wait_until("both tunnels up again", lambda: both_established(lab.lab), 30)
+    lab.stop_vpnd()
+    assert "lookup 42" not in lab.lab.ip("cgw", "rule", "show").stdout
+    assert lab.lab.ip("cgw", "route", "show", "table", "42").stdout.strip() == ""
+    assert lab.lab.exec("cgw", "nft", "list", "table", "inet", "vpnd", check=False).returncode != 0

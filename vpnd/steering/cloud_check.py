@@ -28,6 +28,7 @@ class CloudCheckReturn:
         self.services = services
         self.kernel: ReturnPath | None = None
         self._timer: asyncio.Task | None = None
+        self._failing: str | None = None        # the last ensure's error, while it lasts
 
     async def start(self) -> None:
         if not wanted(self.conn):
@@ -52,8 +53,13 @@ class CloudCheckReturn:
         try:
             writes = await self.kernel.ensure()
         except ReturnPathError as err:
-            log.error("return_path.failed", connection=self.conn.name, error=str(err))
+            if str(err) != self._failing:       # once per distinct failure, not every tick
+                log.error("return_path.failed", connection=self.conn.name, error=str(err))
+            self._failing = str(err)
             return
+        if self._failing is not None:
+            log.info("return_path.recovered", connection=self.conn.name)
+            self._failing = None
         if writes and why == "kept":
             log.warning("return_path.restored", connection=self.conn.name, writes=writes)
         elif writes:
