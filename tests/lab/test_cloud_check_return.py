@@ -138,8 +138,10 @@ def test_the_32_route_and_the_marking_are_restored(make_lab):
     # someone flushes vpnd's rule and nft table: vpnd's keeper puts them back
     lab.lab.ip("cgw", "rule", "del", "priority", "200", "fwmark", "43", "lookup", "43")
     lab.lab.exec("cgw", "nft", "delete", "table", "inet", "vpnd")
-    lab.wait_event("return_path.restored", timeout=15)
-    assert "fwmark 0x2b lookup 43" in lab.lab.ip("cgw", "rule", "show").stdout
+    wait_until("the rule and the nft table back", lambda: "fwmark 0x2b lookup 43" in lab.lab.ip(
+        "cgw", "rule", "show").stdout and lab.lab.exec("cgw", "nft", "list", "table", "inet", "vpnd",
+                                                       check=False).returncode == 0, 15)
+    assert lab.events("return_path.restored")
     assert cloud_probe(lab, "172.16.0.1", 2) == {"vxlan1": 0, "vxlan2": 5}
 
 
