@@ -281,3 +281,60 @@ def test_a_withdrawing_stop_removes_it_a_plain_stop_leaves_it(make_lab):
     assert "lookup 42" not in lab.lab.ip("cgw", "rule", "show").stdout
     assert lab.lab.ip("cgw", "route", "show", "table", "42").stdout.strip() == ""
     assert lab.lab.exec("cgw", "nft", "list", "table", "inet", "vpnd", check=False).returncode != 0
+
+
+def test_vpnds_own_probes_are_left_alone_on_the_reversed_path(make_lab):
+    """The worst overlap: the cloud's check is vpnd's own probe path reversed (the cloud pings
+    vpnd's probe source from vpnd's probe destination). vpnd's echo requests are the original
+    direction of their own conntrack entries, the cloud's replies to them the reply
+    direction: neither is marked, so each tunnel's probes still leave by that tunnel (IP_PKTINFO)
+    and are all answered, while the cloud's check is answered on its arrival tunnel."""
+    import time
+    lab = make_lab()
+    p = lab.lab.plan
+    cfg = lab.lab.dir / "vpnd.toml"
+    cfg.write_text(cfg.read_text().replace(f'destination = "{p.vpc_host}"',
+                                           f'destination = "{p.cloud_vpc}"').replace(
+        "[connection.failover]", f"""[connection.cloud_health_check]
+source_ip = "{p.cloud_vpc}"
+destination_ip = "{p.cgw_lan}"
+
+[connection.failover]"""))
+    nft(lab.lab, "cloud", f"""table ip hccount {{
+ chain pre {{
+  type filter hook prerouting priority -300; policy accept;
+  iifname "vxlan1" ip saddr {p.cgw_lan} ip daddr {p.cloud_vpc} icmp type echo-reply counter
+  iifname "vxlan2" ip saddr {p.cgw_lan} ip daddr {p.cloud_vpc} icmp type echo-reply counter
+  iifname "vxlan1" ip saddr {p.cgw_lan} ip daddr {p.cloud_vpc} icmp type echo-request counter
+  iifname "vxlan2" ip saddr {p.cgw_lan} ip daddr {p.cloud_vpc} icmp type echo-request counter
+ }}
+}}
+""")
+    lab.start_vpnd()
+    wait_until("both tunnels up", lambda: both_established(lab.lab), 30)
+    wait_until("route on tunnel 1", lambda: active_interface(lab.lab) == "vxlan1", 20)
+    wait_until("the return path set", lambda: lab.events("return_path.set"), 10)
+
+    def counters() -> list[int]:
+        out = json.loads(lab.lab.exec("cloud", "nft", "-j", "list", "table", "ip", "hccount").stdout)
+        return [next(e["counter"]["packets"] for e in i["rule"]["expr"] if "counter" in e)
+                for i in out["nftables"] if "rule" in i]
+
+    def probes() -> dict[str, dict]:
+        status = request(str(lab.lab.dir / "control.sock"), {"command": "status"})["status"]
+        return {t: v["probe"] for t, v in status["connections"]["vpc1"]["tunnels"].items()}
+
+    before, sent = counters(), {t: (v["sent"], v["lost"]) for t, v in probes().items()}
+    before_replies = sum(before[:2])
+    for tunnel in (2, 1, 2):
+        r = lab.lab.exec("cloud", "ping", "-n", "-c", "5", "-i", "0.05", "-W", "1", "-m",
+                         str(tunnel), "-I", p.cloud_vpc, p.cgw_lan, check=False)
+        assert r.returncode == 0, r.stdout
+    time.sleep(1.0)                     # ten more of vpnd's probes per tunnel
+    after, now = counters(), probes()
+    assert after[0] - before[0] == 5 and after[1] - before[1] == 10, (before, after)
+    assert sum(after[:2]) - before_replies == 15
+    # vpnd's own probes: every one answered, each tunnel's leaving by its own interface
+    for t, (s0, l0) in sent.items():
+        assert now[t]["sent"] - s0 >= 5 and now[t]["lost"] == l0, (t, sent, now)
+    assert after[2] - before[2] >= 5 and after[3] - before[3] >= 5, (before, after)
