@@ -573,6 +573,122 @@ def check_ike_listening() -> Result:
     return Result("ike_ports", PASS, "UDP 500 and 4500 are open (charon)")
 
 
+# --- the cloud's health check: what bounds the return path, and vpnd's part of it ----------
+
+def check_cloud_health_check(config: Config) -> list[Result]:
+    """In route mode the cloud moves its sending tunnel only after interval x retries of
+    failed checks (seed 001): say the figure and what to set in the console."""
+    from vpnd.control.status import cloud_check
+
+    out = []
+    for c in config.connections:
+        info = cloud_check(c)
+        if info is None:
+            continue
+        name = f"cloud_health_check:{c.name}"
+        if not info["configured"]:
+            out.append(Result(name, WARN, info["note"],
+                              "enable the health check in the cloud console (Source IP, "
+                              "Destination IP, Retry Interval 1, Retries 3, Switch Route Yes) "
+                              "and copy it into [connection.cloud_health_check]"))
+        elif info.get("advice"):
+            out.append(Result(name, WARN, info["note"], info["advice"]))
+        else:
+            out.append(Result(name, PASS, info["note"]))
+    return out
+
+
+def vpnd_running(config: Config) -> bool:
+    """vpnd answers on its control socket (a stale socket file refuses the connection)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(config.daemon.control_socket)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def return_path_problems(c: Any, protocol: int) -> list[str]:
+    """What of the /32 route, the fwmark rules and the nft chains is missing (iproute2, nft)."""
+    from vpnd.kernel import return_path as rp
+
+    chc = c.cloud_health_check
+    src = f"{chc.source_ip}/32"
+    problems = []
+    if c.kernel_routes:
+        r = run("ip", "-j", "route", "show", "table", "main", "proto", str(protocol), src)
+        routes = json.loads(r.stdout or "[]") if r.returncode == 0 else []
+        if not routes:
+            problems.append(f"no route {src} (protocol {protocol}) through the tunnels in the "
+                            "main table")
+    elif run("ip", "route", "get", str(chc.source_ip)).returncode != 0:
+        # BGP mode: FRR owns the routes; a reply the gateway generates needs one to start from
+        problems.append(f"no route to {chc.source_ip}: the gateway's own replies to the "
+                        "cloud's check are dropped; have the cloud announce it over BGP or "
+                        f"add a route {src} through a tunnel")
+    r = run("ip", "-j", "rule", "show")
+    rules = json.loads(r.stdout or "[]") if r.returncode == 0 else []
+    have = set()
+    for rule in rules:
+        try:
+            if rule.get("priority") == rp.RULE_PRIORITY and "fwmark" in rule:
+                have.add((int(str(rule["fwmark"]).split("/")[0], 0), str(rule.get("table"))))
+        except ValueError:
+            continue
+    for ifname, mark in rp.marks(c):
+        if (mark, str(mark)) not in have:
+            problems.append(f"no rule fwmark {mark} lookup {mark} (replies of probes that "
+                            f"arrived on {ifname})")
+        r = run("ip", "-j", "route", "show", "table", str(mark), src)
+        routes = json.loads(r.stdout or "[]") if r.returncode == 0 else []
+        if not any(x.get("dev") == ifname for x in routes):
+            problems.append(f"no route {src} dev {ifname} in table {mark}")
+    if shutil.which("nft") is None:
+        problems.append("nft is not installed: vpnd cannot mark the replies")
+    else:
+        r = run("nft", "-j", "list", "table", rp.NFT_FAMILY, rp.NFT_TABLE)
+        ruleset = None
+        if r.returncode == 0:
+            try:
+                ruleset = json.loads(r.stdout)
+            except ValueError:
+                ruleset = None
+        problems += rp.nft_problems(ruleset, c)
+    return problems
+
+
+def check_return_path(config: Config, running: Callable[[Config], bool] = vpnd_running) -> list[Result]:
+    """When vpnd runs, the cloud check's /32 route and reply marking must be in place."""
+    from vpnd.kernel.return_path import wanted
+
+    conns = [c for c in config.connections if wanted(c)]
+    if not conns:
+        return []
+    if not running(config):
+        return [Result(f"return_path:{c.name}", SKIP, "vpnd is not running (it adds the /32 "
+                       "route and the reply marking at start)") for c in conns]
+    out = []
+    for c in conns:
+        name = f"return_path:{c.name}"
+        problems = return_path_problems(c, config.daemon.route_protocol)
+        if problems:
+            out.append(Result(name, FAIL, "; ".join(problems),
+                              "vpnd restores them within seconds: if they stay missing, "
+                              "something else removes them (a firewall reload with `nft flush "
+                              "ruleset`, a network script flushing rules); see vpnd's log "
+                              "(return_path.*), or systemctl restart vpnd"))
+        else:
+            chc = c.cloud_health_check
+            out.append(Result(name, PASS, f"replies to the cloud's check ({chc.source_ip} -> "
+                              f"{chc.destination_ip}) leave by the tunnel their probe arrived "
+                              "on" + (f"; {chc.source_ip}/32 routed through the active tunnel"
+                                      if c.kernel_routes else "")))
+    return out
+
+
 # --- running and printing ----------------------------------------------------------------
 
 def guarded(name: str, check: Callable[..., Any], *args: Any) -> Any:
@@ -607,6 +723,10 @@ def diagnose(config_path: str) -> list[Result]:
                     guarded("unit_group", check_unit_group,
                             any(c.bgp is not None for c in config.connections), bgpd_vty_path(config.daemon)),
                     guarded("frr_graceful_restart", check_zebra_graceful_restart, config)]
+        for name, check in (("cloud_health_check", check_cloud_health_check),
+                            ("return_path", check_return_path)):
+            found = guarded(name, check, config)
+            results += found if isinstance(found, list) else [found]
     return results
 
 

@@ -20,6 +20,7 @@ TABLES = {
     model.IkeConfig: ("connection.ike", load.IKE_KEYS),
     model.IpsecConfig: ("connection.ipsec", load.IPSEC_KEYS),
     model.HealthCheckConfig: ("connection.health_check", load.HEALTH_KEYS),
+    model.CloudHealthCheckConfig: ("connection.cloud_health_check", load.CLOUD_HEALTH_KEYS),
     model.FailoverConfig: ("connection.failover", load.FAILOVER_KEYS),
     model.BgpConnectionConfig: ("connection.bgp", load.BGP_KEYS),
     model.BfdConfig: ("connection.bgp.bfd", load.BFD_KEYS),

@@ -9,6 +9,7 @@ unique interfaces and identities). Single values are `vpnd.config.rules`'s.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from vpnd.config import rules
@@ -88,6 +89,7 @@ def connection_rules(run: Reader, c: ConnectionConfig, p: str) -> None:
     network_rules(run, c, p)
     per_tunnel_rules(run, c, p)
     health_rules(run, c, p)
+    cloud_health_rules(run, c, p)
 
 
 def tunnel_pair_rules(run: Reader, c: ConnectionConfig, p: str) -> None:
@@ -203,6 +205,37 @@ def health_rules(run: Reader, c: ConnectionConfig, p: str) -> None:
                  "(use kind = \"icmp\" then)")
     if c.routing == "policy" and len(tunnels) > 1:
         policy_probe_rules(run, c, p)
+
+
+def cloud_health_rules(run: Reader, c: ConnectionConfig, p: str) -> None:
+    """The cloud's check pings from its side (source_ip) to ours (destination_ip) through the
+    connection; which side each address is on is what the console field names say."""
+    chc = c.cloud_health_check
+    if chc is None:
+        return
+    cp = f"{p}.cloud_health_check"
+    src, dst = chc.source_ip, chc.destination_ip
+    if src is not None and src == dst:
+        run.error(f"{cp}.source_ip", "source_ip and destination_ip are the same address")
+    endpoints = {a for t in c.tunnels for a in (t.local_address, t.remote_address)}
+    for key, ip in (("source_ip", src), ("destination_ip", dst)):
+        if ip is not None and ip in endpoints:
+            run.error(f"{cp}.{key}", f"{ip} is a tunnel endpoint: the cloud's check must "
+                      "cross the tunnel")
+        if ip is not None and (ip.is_unspecified or ip.is_multicast or ip.is_loopback
+                               or ip == ipaddress.IPv4Address("255.255.255.255")):
+            run.error(f"{cp}.{key}", f"{ip} cannot be a health-check address")
+    local = c.local_networks or ()
+    if src is not None and any(src in n for n in local):
+        run.error(f"{cp}.source_ip", f"{src} is inside local_networks: source_ip is the "
+                  "cloud-side address the cloud's check comes from (the console's Source IP)")
+    if dst is not None and local and not any(dst in n for n in local):
+        run.warn(f"{cp}.destination_ip", f"{dst} is not inside local_networks: the cloud's "
+                 "check may not reach it through the tunnel")
+    if c.routing == "policy" and src is not None and c.remote_networks is not None \
+            and not any(src in n for n in c.remote_networks):
+        run.warn(f"{cp}.source_ip", f"{src} is not inside remote_networks: in policy mode "
+                 "the traffic selectors must cover it (vpnd adds no route there)")
 
 
 def policy_probe_rules(run: Reader, c: ConnectionConfig, p: str) -> None:

@@ -102,6 +102,26 @@ class HealthCheckConfig:
 
 
 @dataclass(frozen=True)
+class CloudHealthCheckConfig:
+    """The CLOUD's own health check of the connection, as entered in its console (seed 001):
+    it pings `destination_ip` (here) from `source_ip` (the cloud's) through each tunnel and
+    moves its sending tunnel after `retries` failed checks `interval` seconds apart. vpnd
+    does not run it: it adds the on-premises /32 route for `source_ip` the vendor asks for,
+    sends each reply back by the tunnel its probe arrived on, and reports the budget."""
+
+    source_ip: IPv4Address                      # console: Source IP (on the cloud side)
+    destination_ip: IPv4Address                 # console: Destination IP (in the data centre)
+    interval: int = 3                           # console: Retry Interval, seconds
+    retries: int = 3                            # console: Retries
+    switch_route: bool = True                   # console: Switch Route
+
+    @property
+    def budget(self) -> int:
+        """Seconds of failed checks before the cloud moves its sending tunnel."""
+        return self.interval * self.retries
+
+
+@dataclass(frozen=True)
 class FailoverConfig:
     preempt: bool = True                        # move back to tunnel 1 once it is healthy
     preempt_delay: float = 10.0                 # seconds tunnel 1 must stay healthy first
@@ -195,6 +215,7 @@ class ConnectionConfig:
     dpd_delay: int = 10                         # seconds; 0 disables charon's DPD
     nat_traversal: bool = True
     health_check: HealthCheckConfig | None = None
+    cloud_health_check: CloudHealthCheckConfig | None = None    # the cloud console's
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     bgp: BgpConnectionConfig | None = None      # present iff routing == "bgp"
 
@@ -213,6 +234,12 @@ class ConnectionConfig:
         """Route and BGP modes steer through one interface per tunnel that vpnd keeps (probes
         leave through it); policy mode has none."""
         return not self.selects_by_sa
+
+    @property
+    def kernel_routes(self) -> bool:
+        """Route mode: vpnd keeps the routes (the remote networks, the cloud check's /32) and
+        the cloud picks its sending tunnel by its own health check, not by BGP."""
+        return self.routing == "route"
 
     @property
     def has_bgp(self) -> bool:

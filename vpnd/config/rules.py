@@ -212,6 +212,11 @@ def tunnel_host_problem(ip: ipaddress.IPv4Address, net: ipaddress.IPv4Network) -
 HEALTH_INTERVAL_MIN = 0.05          # seconds; faster floods the tunnel for no benefit
 HEALTH_INTERVAL_MAX = 3600.0
 HEALTH_RETRIES_MIN, HEALTH_RETRIES_MAX = 1, 100
+# The cloud's own health check (seed 001: "Retry Interval ... Default value: 3", "Retries ...
+# Default value: 3"). The seed gives no ranges; these are the console's limits as the vendor's
+# API reference states them (whole seconds 1..60, 1..100 retries).
+CLOUD_HC_INTERVAL_MIN, CLOUD_HC_INTERVAL_MAX = 1, 60
+CLOUD_HC_RETRIES_MIN, CLOUD_HC_RETRIES_MAX = 1, 100
 HEALTH_KINDS = ("icmp", "tcp")      # echo request, or a TCP connect like keepalived's TCP_CHECK
 PORT_MIN, PORT_MAX = 1, 65535
 

@@ -19,6 +19,7 @@ from vpnd.config.model import (
     DEFAULT_ROUTING,
     BfdConfig,
     BgpConnectionConfig,
+    CloudHealthCheckConfig,
     Config,
     ConnectionConfig,
     DaemonConfig,
@@ -42,7 +43,7 @@ DAEMON_KEYS = (
 )
 CONNECTION_KEYS = (
     "name", "routing", "local_networks", "remote_networks", "dpd_delay", "nat_traversal",
-    "ike", "ipsec", "health_check", "failover", "bgp", "tunnel",
+    "ike", "ipsec", "health_check", "cloud_health_check", "failover", "bgp", "tunnel",
 )
 IKE_KEYS = (
     "version", "mode", "encryption", "integrity", "dh_group", "lifetime", "local_id", "remote_id",
@@ -52,6 +53,7 @@ HEALTH_KEYS = (
     "destination", "source", "interval", "retries", "switch_route", "timeout", "max_rtt_ms",
     "max_loss_percent", "kind", "port",
 )
+CLOUD_HEALTH_KEYS = ("source_ip", "destination_ip", "interval", "retries", "switch_route")
 FAILOVER_KEYS = ("preempt", "preempt_delay", "hold_down", "max_switches_per_minute", "both_down")
 BGP_KEYS = (
     "local_asn", "peer_asn", "keepalive", "hold", "networks", "maximum_paths", "standby",
@@ -70,6 +72,7 @@ SECTIONS = {
     "": TOP_KEYS, "[daemon]": DAEMON_KEYS, "[[connection]]": CONNECTION_KEYS,
     "[connection.ike]": IKE_KEYS, "[connection.ipsec]": IPSEC_KEYS,
     "[connection.health_check]": HEALTH_KEYS, "[connection.failover]": FAILOVER_KEYS,
+    "[connection.cloud_health_check]": CLOUD_HEALTH_KEYS,
     "[connection.bgp]": BGP_KEYS, "[connection.bgp.bfd]": BFD_KEYS,
     "[[connection.tunnel]]": TUNNEL_KEYS, "[connection.tunnel.bgp]": TUNNEL_BGP_KEYS,
 }
@@ -216,6 +219,21 @@ class SectionReader(Reader):
         )
         consistency.health_check_rules(self, hc, "port" in d, p)
         return hc
+
+    def cloud_health_check(self, d: dict[str, Any], p: str) -> CloudHealthCheckConfig:
+        """The cloud console's health check: whole seconds and counts, as the console takes."""
+        self.check_keys(d, p, CLOUD_HEALTH_KEYS)
+        df = defaults(CloudHealthCheckConfig)
+        return CloudHealthCheckConfig(
+            source_ip=self.ipv4(d, "source_ip", f"{p}.source_ip", df.source_ip),
+            destination_ip=self.ipv4(d, "destination_ip", f"{p}.destination_ip",
+                                     df.destination_ip),
+            interval=self.integer(d, "interval", f"{p}.interval", df.interval,
+                                  rules.CLOUD_HC_INTERVAL_MIN, rules.CLOUD_HC_INTERVAL_MAX),
+            retries=self.integer(d, "retries", f"{p}.retries", df.retries,
+                                 rules.CLOUD_HC_RETRIES_MIN, rules.CLOUD_HC_RETRIES_MAX),
+            switch_route=self.boolean(d, "switch_route", f"{p}.switch_route", df.switch_route),
+        )
 
     def failover(self, d: dict[str, Any] | None, p: str) -> FailoverConfig:
         d = d or {}
@@ -455,6 +473,10 @@ class SectionReader(Reader):
         health = None
         if health_raw is not None:
             health = self.health_check(health_raw, f"{p}.health_check")
+        cloud_raw = self.table(d, "cloud_health_check", f"{p}.cloud_health_check")
+        cloud_hc = None
+        if cloud_raw is not None:
+            cloud_hc = self.cloud_health_check(cloud_raw, f"{p}.cloud_health_check")
         failover = self.failover(self.table(d, "failover", f"{p}.failover"), f"{p}.failover")
         bgp_raw = self.table(d, "bgp", f"{p}.bgp")
         bgp = None
@@ -474,7 +496,7 @@ class SectionReader(Reader):
             name=name, routing=routing, local_networks=local_networks,
             remote_networks=remote_networks, tunnels=tunnels, ike=ike, ipsec=ipsec,
             dpd_delay=dpd_delay, nat_traversal=nat_traversal, health_check=health,
-            failover=failover, bgp=bgp,
+            cloud_health_check=cloud_hc, failover=failover, bgp=bgp,
         )
         if tunnels_raw is not None:
             consistency.connection_rules(self, conn, p)

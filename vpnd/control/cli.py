@@ -113,6 +113,8 @@ def render(status: dict[str, Any]) -> str:
         lines += ["", f"{name} ({c['routing']} mode): {_headline(c)} -- {c['reason']}"]
         if c.get("next_decision"):
             lines.append(f"  next decision due {c['next_decision']} (preempt delay, hold-down or damping)")
+        if c.get("cloud_health_check"):
+            lines.append(f"  cloud health check: {c['cloud_health_check']['note']}")
         rows = [_COLUMNS] + [_row(tname, t) for tname, t in c["tunnels"].items()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
         for r in rows:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from vpnd.config.model import Config
+from vpnd.config.model import Config, ConnectionConfig
 from vpnd.core.events import BfdChanged, BgpSessionChanged, ProbeResult, TunnelKey
 
 STATUS_VERSION = 1
@@ -63,6 +63,52 @@ def evidence(summary: ProbeSummary | None) -> dict[str, Any] | None:
     j = summary.to_json()
     return {"recent": "".join("+" if ok else "-" for ok, _ in summary.window),
             "avg_rtt_ms": j["avg_rtt_ms"], "loss_percent": j["loss_percent"]}
+
+
+# What the cloud's console allows at its fastest and the vendor's default count (seed 001):
+# the smallest interval x retries that still tolerates two lost checks.
+FAST_INTERVAL, FAST_RETRIES = 1, 3
+
+
+def cloud_check(conn: ConnectionConfig) -> dict[str, Any] | None:
+    """What the cloud's own health check means for this connection's return path, and what
+    to set in the console. In route mode the cloud chooses its sending tunnel by this check
+    alone (or its DPD, 30 s): vpnd moves its direction in its probes' budget, the return
+    direction waits for interval x retries. None in policy mode without the table."""
+    chc = conn.cloud_health_check
+    route = conn.kernel_routes
+    fast = f"{FAST_INTERVAL} s x {FAST_RETRIES}"
+    if chc is None:
+        if not route:
+            return None
+        return {"configured": False, "bounds_return_path": True,
+                "note": "the cloud's health check is not declared ([connection.cloud_health_check]): "
+                        "the cloud moves its sending tunnel only on its health check, when "
+                        "tunnel 1's SAs are gone (its DPD, 30 s) or on its own; enable it in the "
+                        f"console at {fast} and declare it here"}
+    budget = chc.budget
+    out: dict[str, Any] = {
+        "configured": True, "source_ip": str(chc.source_ip),
+        "destination_ip": str(chc.destination_ip), "interval_seconds": chc.interval,
+        "retries": chc.retries, "switch_route": chc.switch_route, "budget_seconds": budget,
+        "bounds_return_path": route,
+    }
+    figure = f"interval {chc.interval} s x retries {chc.retries} = {budget} s"
+    if route:
+        note = f"the cloud's health check bounds the return path: {figure} before the cloud moves"
+    else:
+        note = (f"{figure} of failed checks before the cloud withdraws a route; in {conn.routing} "
+                "mode its sending tunnel follows " + ("its BGP best path" if conn.has_bgp
+                                                      else "its SAs"))
+    advice = []
+    if route and not chc.switch_route:
+        advice.append("Switch Route is off, so the cloud never moves on a failed check: set it "
+                      "to Yes in the console")
+    if route and budget > FAST_INTERVAL * FAST_RETRIES:
+        advice.append(f"set {fast} in the console for faster return-path failover")
+    out["advice"] = "; ".join(advice) or None
+    out["note"] = note + ("; " + out["advice"] if out["advice"] else "")
+    return out
 
 
 class StatusBoard:
@@ -133,6 +179,7 @@ class StatusBoard:
                 "next_decision": _iso(wall + (c["next_decision_at"] - now))
                 if c.get("next_decision_at") is not None else None,
                 "tunnels": tunnels,
+                "cloud_health_check": cloud_check(conn),
             }
         return {
             "version": STATUS_VERSION,

@@ -44,6 +44,17 @@ class Route:
     ifname: str
 
 
+def owned_prefixes(conn: ConnectionConfig) -> list[str]:
+    """The prefixes whose routes vpnd keeps for `conn`: the remote networks, and the /32 of
+    the cloud health check's source IP (seed 001: the on-premises route "Destination CIDR:
+    the source IP address of the health check ... Next hop: the IPsec-VPN connection")."""
+    out = [str(n) for n in conn.remote_networks]
+    chc = conn.cloud_health_check
+    if chc is not None and f"{chc.source_ip}/32" not in out:
+        out.append(f"{chc.source_ip}/32")
+    return out
+
+
 def desired_routes(conn: ConnectionConfig, active: str | None) -> set[Route]:
     """What the kernel should hold for `conn` with `active` carrying traffic (None: nothing).
 
@@ -54,9 +65,9 @@ def desired_routes(conn: ConnectionConfig, active: str | None) -> set[Route]:
     metrics = sorted(t.route_metric for t in conn.tunnels)
     order = [t for t in conn.tunnels if t.name == active] + [t for t in conn.tunnels if t.name != active]
     out = set()
-    for net in conn.remote_networks:
+    for net in owned_prefixes(conn):
         for metric, t in zip(metrics, order):
-            out.add(Route(str(net), metric, t.interface))
+            out.add(Route(net, metric, t.interface))
     return out
 
 
@@ -71,7 +82,7 @@ class RouteController:
         self.withdrawn = False
         self.writes = 0                 # netlink writes issued: adoption must leave it at 0
         self.repairs = 0
-        self._prefixes = {str(n) for n in conn.remote_networks}
+        self._prefixes = set(owned_prefixes(conn))
         self._ipr: AsyncIPRoute | None = None
         self._watch: netlink.Listener | None = None
         self._ifindex: dict[str, int] = {}
@@ -104,7 +115,7 @@ class RouteController:
         """A reload changed the remote networks, metrics or interfaces: routes of prefixes no
         longer configured go, the rest converge. Unchanged routes see no write at all."""
         async with self._lock:
-            new = {str(n) for n in conn.remote_networks}
+            new = set(owned_prefixes(conn))
             self._prefixes = self._prefixes | new
             await self._refresh_links()
             have = await self.kernel_routes()

@@ -40,7 +40,18 @@ def connection_sheet(conn: ConnectionConfig, show_secrets: bool = False) -> str:
         _field(lines, 1, "Customer Gateway ASN", conn.bgp.local_asn)
         _field(lines, 1, "BFD", "enabled" if conn.bgp.bfd.enabled else "disabled")
     hc = conn.health_check
-    if hc is None:
+    chc = conn.cloud_health_check
+    if chc is not None:             # as the operator entered it: [connection.cloud_health_check]
+        _field(lines, 1, "Health Check", "enabled")
+        _field(lines, 2, "Destination IP", chc.destination_ip)
+        _field(lines, 2, "Source IP", chc.source_ip)
+        _field(lines, 2, "Retry Interval (seconds)", chc.interval)
+        _field(lines, 2, "Number of Retries", chc.retries)
+        _field(lines, 2, "Switch Route", "yes" if chc.switch_route else "no")
+        note = (f"{chc.source_ip}/32 via the active tunnel (vpnd adds it)"
+                if conn.routing == "route" else f"{chc.source_ip}/32 via the connection")
+        _field(lines, 2, "On-premises route", note)
+    elif hc is None:
         _field(lines, 1, "Health Check", "disabled")
     else:
         _field(lines, 1, "Health Check", "enabled")

@@ -109,6 +109,13 @@ class ReloadPlan:
         return {c.name: c.summary() for c in self.connections}
 
 
+def _cloud_check_path(c: ConnectionConfig) -> tuple[str, str] | None:
+    """The cloud health check's addresses: its /32 route and reply marking follow them. Its
+    interval, retries and switch_route are the cloud's business (status and doctor only)."""
+    chc = c.cloud_health_check
+    return None if chc is None else (str(chc.source_ip), str(chc.destination_ip))
+
+
 def plan(old: Config, new: Config) -> ReloadPlan:
     from vpnd.render import swanctl
 
@@ -159,6 +166,7 @@ def plan(old: Config, new: Config) -> ReloadPlan:
             action: Action = "changed" if (own or charon or probe or link) else "unchanged"
             tunnels.append(TunnelPlan(key, action, own, charon, probe, link))
         routes = (o.remote_networks != n.remote_networks
+                  or _cloud_check_path(o) != _cloud_check_path(n)
                   or [(t.name, t.interface, t.route_metric) for t in o.tunnels]
                   != [(t.name, t.interface, t.route_metric) for t in n.tunnels])
         links = any(t.link for t in tunnels)

@@ -11,6 +11,7 @@ from vpnd.frr.bgp import BgpAdapter
 from vpnd.frr.vtysh import FrrError
 from vpnd.render.swanctl import RenderError
 from vpnd.steering.base import Backend, Services, Steering
+from vpnd.steering.cloud_check import CloudCheckReturn
 from vpnd.steering.interfaces import TunnelInterfaces
 
 log = logs.get("vpnd.steering")
@@ -73,10 +74,12 @@ class BgpSteering(Steering):
         super().__init__(conn, services)
         self.interfaces = TunnelInterfaces(conn, services)
         self.backend: BgpBackend | None = None
+        self.return_path = CloudCheckReturn(conn, services)
 
     async def start(self) -> None:
         await self.interfaces.start()
         self.backend = BgpBackend.of(self.services)
+        await self.return_path.start()
 
     @property
     def _adapter(self) -> BgpAdapter | None:
@@ -93,16 +96,20 @@ class BgpSteering(Steering):
 
     async def repair_interface(self, tunnel: str) -> None:
         await self.interfaces.repair(tunnel)
+        await self.return_path.keep()
 
     async def reconfigure(self, conn: ConnectionConfig, *, links: bool, routes: bool) -> None:
         self.conn = conn
         if links:
             await self.interfaces.reconfigure(conn)
+        await self.return_path.reconfigure(conn)
 
     async def remove(self) -> None:
+        await self.return_path.remove()
         await self.interfaces.remove()
 
     async def stop(self, *, withdraw: bool) -> None:
+        await self.return_path.stop(withdraw=withdraw)
         await self.interfaces.stop()
 
 

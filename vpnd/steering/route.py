@@ -1,5 +1,8 @@
 """Route mode: the remote networks' kernel routes point at the active tunnel's interface
-(metric 100 for it, 101 for the standby, as the vendor's updown scripts set them)."""
+(metric 100 for it, 101 for the standby, as the vendor's updown scripts set them). With a
+`[connection.cloud_health_check]` the /32 of the cloud check's source IP is one of those
+routes, and the replies to the cloud's check leave by the tunnel each probe arrived on
+(vpnd.kernel.return_path)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from vpnd.config.model import ConnectionConfig
 from vpnd.core.events import Adopted, TunnelKey
 from vpnd.kernel.routes import RouteController
 from vpnd.steering.base import Services, Steering
+from vpnd.steering.cloud_check import CloudCheckReturn
 from vpnd.steering.interfaces import TunnelInterfaces
 
 log = logs.get("vpnd.steering")
@@ -19,12 +23,14 @@ class RouteSteering(Steering):
         super().__init__(conn, services)
         self.interfaces = TunnelInterfaces(conn, services)
         self.routes: RouteController | None = None
+        self.return_path = CloudCheckReturn(conn, services)
 
     async def start(self) -> None:
         """Interfaces first, then the routes: adopted as found, never flapped at start; the
         core hears which tunnel they point to, so a restart keeps traffic where it was."""
         await self.interfaces.start()
         await self._start_routes()
+        await self.return_path.start()
 
     async def _start_routes(self) -> None:
         self.routes = RouteController(self.conn,
@@ -45,9 +51,11 @@ class RouteSteering(Steering):
         self.services.metrics.route_repairs.labels(self.conn.name).inc()
         await self.routes.repair()
         log.warning("routes.repaired", connection=self.conn.name, reason=reason)
+        await self.return_path.keep()
 
     async def repair_interface(self, tunnel: str) -> None:
         await self.interfaces.repair(tunnel)
+        await self.return_path.keep()
 
     async def reconfigure(self, conn: ConnectionConfig, *, links: bool, routes: bool) -> None:
         self.conn = conn
@@ -56,13 +64,17 @@ class RouteSteering(Steering):
         if routes:
             writes = await self.routes.reconfigure(conn)
             log.info("routes.reconfigured", connection=conn.name, writes=writes)
+        await self.return_path.reconfigure(conn)
 
     async def remove(self) -> None:
+        await self.return_path.remove()
         await self.routes.remove()
         await self.interfaces.remove()
 
     async def stop(self, *, withdraw: bool) -> None:
+        await self.return_path.stop(withdraw=withdraw)
         if withdraw:
             await self.routes.set_active(None, withdraw=True)
         await self.routes.stop()
         await self.interfaces.stop()
+
