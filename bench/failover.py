@@ -220,18 +220,25 @@ def measure_bgp(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     faults.random_phase(opts.interval)      # uniform phase against the probe schedule
     inject(lab, fault, opts.backend)
     fault_wall = time.time()
-    wait_until("failover", lambda: vpc_device(lab) == "vxlan2", 90, interval=0.002)
-    routed_wall = time.time()
-    both_ways(lab, opts, pinger, streams, routed_wall)
+    failed_over = True
+    try:
+        wait_until("failover", lambda: vpc_device(lab) == "vxlan2", 90, interval=0.002)
+        routed_wall = time.time()
+        both_ways(lab, opts, pinger, streams, routed_wall)
+    except LabError as err:         # an outage that does not end: report it, capped
+        print(f"bench: {err}: the outage is capped here", flush=True)
+        failed_over, routed_wall = False, time.time()
     time.sleep(0.5)
     report = pinger.stop()
     streams_report = streams.stop()
     stamps = [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
               for e in events(lab, "connection.active_changed") if e.get("active") == "tunnel2"]
     decided = min((t for t in stamps if t >= fault_wall), default=routed_wall)
-    return {**figures(report, streams_report, lab, fault_wall),
-            "detection_ms": round((decided - fault_wall) * 1000, 1),
-            "reaction_ms": round((routed_wall - decided) * 1000, 1)}
+    neighbors = [(e.get("tunnel"), e.get("enabled")) for e in events(lab, "bgp.neighbor_set")]
+    return {**figures(report, streams_report, lab, fault_wall), "failed_over": failed_over,
+            "detection_ms": round((decided - fault_wall) * 1000, 1) if failed_over else None,
+            "reaction_ms": round((routed_wall - decided) * 1000, 1) if failed_over else None,
+            "neighbors_set": neighbors}
 
 
 def metric_routes(lab: Lab, prefix: str) -> dict[int, str]:
@@ -369,6 +376,7 @@ def summarize(runs: list[dict], args: argparse.Namespace, opts: scenario.Options
                                             if r.get("outage_vpc_to_lan_ms") is not None), default=None),
            "probe_interval_s": opts.interval, "probe_timeout_s": opts.timeout or opts.interval,
            "probe_retries": opts.retries, "cloud_model": opts.cloud_model,
+           "failed_over": all(r.get("failed_over", True) for r in runs),
            "cloud_check": list(opts.cloud_check) if opts.cloud_check and opts.routing != "bgp" else None,
            "cloud_dpd_timeout_s": scenario.cloud_dpd_timeout(opts),
            "cloud_budget_ms": cloud_budget_ms(opts, args.fault)}
@@ -376,7 +384,7 @@ def summarize(runs: list[dict], args: argparse.Namespace, opts: scenario.Options
         out["mode"] = "policy"
     if opts.routing == "bgp":
         out.update({"mode": "bgp", "bgp_timers": list(opts.bgp_timers), "bfd_ms": opts.bfd_ms,
-                    "probes_switch": opts.switch_route})
+                    "probes_switch": opts.switch_route, "probe_peer": opts.probe_peer})
     base = [r for r in runs if "baseline_outage_ms" in r]
     if base:
         out.update({
@@ -452,6 +460,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bfd-ms", type=int, default=None, help="bgp: BFD tx/rx interval (x3)")
     ap.add_argument("--timers", default="1,3", help="bgp: keepalive,hold (vendor: 10,30)")
     ap.add_argument("--plain", action="store_true", help="bgp: probes report only; BGP/BFD decide")
+    ap.add_argument("--probe-peer", action="store_true",
+                    help="bgp: each tunnel probes the cloud's BGP address (answers on its own tunnel)")
     ap.add_argument("--cloud-model", default="vendor", choices=list(cloud_model.MODELS),
                     help="vendor: the cloud chooses its own sending tunnel; per-flow: it answers on "
                          "the tunnel each packet arrived on (the lab's original)")
@@ -491,7 +501,7 @@ def options(args: argparse.Namespace, backend: str) -> scenario.Options:
     if args.mode == "bgp":
         timers = tuple(int(x) for x in args.timers.split(","))
         opts = replace(opts, routing="bgp", frr_by_vpnd=True, bgp_timers=timers, bfd_ms=args.bfd_ms,
-                       switch_route=not args.plain)
+                       switch_route=not args.plain, probe_peer=args.probe_peer)
     return opts
 
 
@@ -509,11 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         r = one_run(opts, fault=args.fault, baseline=args.baseline and i < args.baseline_runs,
                     baseline_fault=args.baseline_fault, cap=args.baseline_cap)
         runs.append(r)
-        moved = r.get("cloud_moved_ms")
-        line = (f"run {i + 1}: round trip {r['outage_ms']:.0f} ms (LAN->VPC {r['outage_lan_to_vpc_ms']:.0f}, "
-                f"VPC->LAN {r['outage_vpc_to_lan_ms']:.0f}), detection {r['detection_ms']:.0f} ms, "
-                f"reaction {r['reaction_ms']:.2f} ms, cloud moved "
-                f"{'-' if moved is None else f'{moved:.0f} ms'} ({r['pings_received']}/{r['pings_sent']} pings)")
+        def ms(key: str, fmt: str = ".0f") -> str:
+            return "-" if r.get(key) is None else format(r[key], fmt)
+        line = (f"run {i + 1}: round trip {ms('outage_ms')} ms (LAN->VPC {ms('outage_lan_to_vpc_ms')}, "
+                f"VPC->LAN {ms('outage_vpc_to_lan_ms')}), detection {ms('detection_ms')} ms, "
+                f"reaction {ms('reaction_ms', '.2f')} ms, cloud moved {ms('cloud_moved_ms')} ms "
+                f"({r['pings_received']}/{r['pings_sent']} pings)"
+                + ("" if r.get("failed_over", True) else f"; NO FAILOVER (vpnd set neighbors {r.get('neighbors_set')})"))
         if "baseline_outage_ms" in r:
             line += (f"; vendor procedure: outage {r['baseline_outage_ms']:.0f} ms, DPD + updown "
                      f"{r['baseline_detection_ms']:.0f} ms{' (capped)' if r['baseline_capped'] else ''}")

@@ -60,6 +60,7 @@ from vpnd.lab.topology import Lab, LabError
 
 MODELS = ("vendor", "per-flow")
 VENDOR_DPD_TIMEOUT = 30.0           # seed 000 / 001: "the DPD packet timeout is 30 seconds"
+FALLBACK_TABLE = 150                # BGP mode: tunnel 1's static route, after main
 TICK = 0.02                         # controller's loop; SA state is polled every 5 ticks
 
 
@@ -188,8 +189,9 @@ def force_path(lab: Lab) -> Path:
 def setup(lab: Lab, settings: Settings) -> None:
     """Turn the per-flow cloud that scenario.build_overlay made into the vendor's, and start
     the controller. Route modes: no per-flow marks any more (the `pre` chain keeps only the
-    `steer` jump), one route to the data centre (the controller's). BGP mode: no static
-    routes at all (the cloud's FRR owns them)."""
+    `steer` jump), one route to the data centre (the controller's). BGP mode: the cloud's FRR
+    owns the routes in main; tunnel 1's static route moves to a table looked up after main
+    (the console's destination-based route, below BGP)."""
     if settings.model != "vendor":
         return
     rules = lab.dir / "nft-cloud-vendor.conf"
@@ -200,6 +202,15 @@ def setup(lab: Lab, settings: Settings) -> None:
         lab.ip("cloud", "route", "del", settings.lan_net, "dev", dev, "metric", str(100 + i), check=False)
     if settings.routing != "bgp":
         _route(lab.ns("cloud"), settings, 0)
+    else:
+        # The console's destination-based route on tunnel 1, below BGP: in a table looked up
+        # after main (zebra would prefer a kernel route in main to BGP's). Without any route
+        # to the data centre before BGP is up, vpnd's probes (172.16.0.1 -> the VPC) go
+        # unanswered, and vpnd keeps its neighbors shut until they pass.
+        via = settings.vias[0]
+        lab.ip("cloud", "route", "add", settings.lan_net, *(["via", via] if via else []),
+               "dev", settings.devices[0], "table", str(FALLBACK_TABLE))
+        lab.ip("cloud", "rule", "add", "priority", "40000", "lookup", str(FALLBACK_TABLE))
     settings_path(lab).write_text(settings.to_json())
     log_path(lab).write_text("")
     start(lab)

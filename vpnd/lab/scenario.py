@@ -61,6 +61,7 @@ class Options:
     switch_route: bool = True          # False: probes only report (bgp: BGP timers/BFD decide)
     # The simulated cloud (vpnd/lab/cloud_model.py): "per-flow" answers on the tunnel a flow
     # arrived on; "vendor" sends on the tunnel of its own choice (health check, DPD, BGP).
+    probe_peer: bool = False           # bgp: each tunnel probes the cloud's BGP address over itself
     cloud_model: str = "per-flow"
     cloud_check: tuple[float, int] | None = None  # vendor: its health check (interval s, retries); None: off
     cloud_check_source: str | None = None         # default: the cloud's VPC address
@@ -118,6 +119,8 @@ def write_config(lab: Lab, opts: Options) -> Path:
         if opts.routing == "bgp":
             inner_ours, inner_theirs = p.inner[i]
             net = inner_ours.rsplit(".", 1)[0] + ".0/30"
+            if opts.probe_peer:     # replies from the cloud's own tunnel address: its own tunnel
+                t += [f'probe_source = "{inner_ours}"', f'probe_destination = "{inner_theirs}"']
             t += ["[connection.tunnel.bgp]", f'tunnel_cidr = "{net}"', f'local_ip = "{inner_ours}"',
                   f'peer_ip = "{inner_theirs}"']
         tunnels.append("\n".join(t))
