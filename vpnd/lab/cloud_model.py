@@ -53,7 +53,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from vpnd.lab.topology import Lab, LabError
