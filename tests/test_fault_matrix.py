@@ -9,8 +9,8 @@ Backend: libipsec (this host kernel); route mode unless the scenario says otherw
 The cloud is the vendor's (issue 13, vpnd/lab/cloud_model.py: it sends on the tunnel of its
 own choice; its health check 1 s x 3 here) unless a scenario says otherwise. Scenarios 1, 3
 and 4 test vpnd's own failover, both-down handling and damping against the per-flow cloud (it
-follows vpnd at once), as before; 1v is scenario 1 against the vendor's cloud, expected to fail until vpnd's
-issue-13 fixes (xfail strict: the fix flips it).
+follows vpnd at once), as before; 1v is scenario 1 against the vendor's cloud (it passes
+since vpnd counts the standby's losses as the return path's: the "blinded" rule).
 """
 
 from __future__ import annotations
@@ -107,9 +107,6 @@ def test_1_black_hole_fails_over_and_preempts_back(make_lab):
     r.verdict = "passed"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: vpnd does not yet tell the standby's health apart "
-                   "from the cloud's return path, nor make the cloud move: the standby looks dead "
-                   "until the cloud's own health check moves it")
 def test_1v_black_hole_against_the_vendor_cloud(make_lab):
     r = row("1v", "black hole on active tunnel, vendor cloud", model="vendor", budget_ms=CLOUD_BUDGET_MS)
     lab = make_lab(preempt_delay=2.0)
