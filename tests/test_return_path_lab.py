@@ -159,3 +159,25 @@ def test_tunnel1_dead_outbound_only_is_an_ordinary_switch(make_lab):
     finally:
         watch.stop()
     assert watch.samples > 20 and not watch.bad, watch.bad[:3]
+
+
+def test_route_mode_follows_the_clouds_own_move_and_back(make_lab):
+    """The cloud moves on its own (seed 003: "may proactively switch traffic to the standby
+    tunnel"): tunnel 1's probes are answered through tunnel 2 now, and vpnd follows, so both
+    directions use one tunnel; when the cloud goes back, vpnd follows again."""
+    lab = vendor_lab(make_lab)
+    time.sleep(lab.opts.preempt_delay)  # tunnel 2 usable for preempt_delay: proven, followed at once
+    seen2 = len(lab.events("connection.active_changed", active="tunnel2"))
+    cloud_model.switch_proactively(lab.lab, 1)
+    e = switched_at(lab, seen2)
+    assert e["reason"] == "cloud moved traffic to tunnel2, following", e
+    assert active_interface(lab.lab) == "vxlan2" and round_trip_works(lab)
+    status = request(str(lab.lab.dir / "control.sock"), {"command": "status"})["status"]
+    assert status["connections"]["vpc1"]["pinned"] == "tunnel2"
+    time.sleep(2.5)                 # past preempt_delay: the cloud's choice holds
+    assert active_interface(lab.lab) == "vxlan2"
+    seen1 = len(lab.events("connection.active_changed", active="tunnel1"))
+    cloud_model.switch_proactively(lab.lab, 0)
+    back = lab.wait_event("connection.active_changed", after=seen1, active="tunnel1", timeout=10)
+    assert back["reason"] == "cloud moved traffic to tunnel1, following", back
+    assert round_trip_works(lab)
