@@ -8,7 +8,8 @@ time (user + system) over the wall time, plus the lost-probe count (none expecte
 
     PYTHONPATH=. python bench/probe_cpu.py [--interval 0.02] [--tunnels 2] [--seconds 20]
 
-The last line is JSON.
+The last line is JSON. Measured (2-core machine, 2 tunnels, 20 ms, 15 s): 1458 probes, 0
+lost, CPU 2.33% of one core, 240 us per probe.
 """
 
 from __future__ import annotations
