@@ -12,6 +12,12 @@ Why it is built this way:
   than a dependency (icmplib builds the same packets but owns its sockets and loop).
 - A missing interface (deleted, not yet re-created) is a lost probe, never an exception: the
   prober keeps its schedule and recovers when the interface returns.
+- Each answer says which tunnel it came back through (`ProbeResult.via`): the receive side
+  asks for IP_PKTINFO, whose ifindex is the interface the reply arrived on, and the prober
+  maps that interface to its connection's tunnel (`returns`). The core needs it to tell a
+  dead standby from one whose replies return through the dead active tunnel. No cache of
+  ifindex -> name: an interface re-created under the same name gets a new ifindex, and one
+  lookup per reply costs microseconds (bench/probe_cpu.py).
 
 `TcpProber` (health_check.kind = "tcp") is keepalived's TCP_CHECK on the same schedule and
 figures; its docstring says how it differs.
@@ -26,7 +32,7 @@ import os
 import socket
 import struct
 from collections import deque
-from typing import Callable
+from typing import Callable, Mapping
 
 from vpnd import logs
 from vpnd.core.events import ProbeResult, TunnelKey
@@ -71,6 +77,7 @@ class _IcmpSocket:
         self.loop = loop
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)     # the arrival interface
         self.probers: dict[int, "Prober"] = {}
         loop.add_reader(self.sock.fileno(), self._readable)
 
@@ -78,7 +85,7 @@ class _IcmpSocket:
         now = self.loop.time()
         while True:
             try:
-                packet = self.sock.recv(2048)
+                packet, ancillary, _, _ = self.sock.recvmsg(2048, _PKTINFO_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -88,11 +95,22 @@ class _IcmpSocket:
             if parsed is not None:
                 prober = self.probers.get(parsed[1])
                 if prober is not None:
-                    prober._reply(parsed[0], parsed[2], now)
+                    prober._reply(parsed[0], parsed[2], now, _arrival(ancillary))
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
+
+
+_PKTINFO_SPACE = socket.CMSG_SPACE(12)       # struct in_pktinfo
+
+
+def _arrival(ancillary: list) -> int | None:
+    """The ifindex an IP_PKTINFO control message names, else None."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 4:
+            return struct.unpack_from("=i", data)[0]
+    return None
 
 
 _shared: dict[int, _IcmpSocket] = {}           # per event loop
@@ -126,9 +144,9 @@ class _Figures:
         self._next: asyncio.TimerHandle | None = None
         self._send_error: str | None = None
 
-    def _answered(self, rtt: float) -> None:
+    def _answered(self, rtt: float, via: str | None = None) -> None:
         self.window.append(rtt)
-        self.on_result(ProbeResult(self.tunnel, True, rtt))
+        self.on_result(ProbeResult(self.tunnel, True, rtt, via))
 
     def _lost(self) -> None:
         self.lost += 1
@@ -168,13 +186,16 @@ class _Figures:
 
 class Prober(_Figures):
     """Probes one tunnel with ICMP echo every `interval` seconds; each answer or timeout is a
-    ProbeResult."""
+    ProbeResult. `returns` maps the connection's tunnel interfaces to their tunnels, so an
+    answer says which tunnel it came back through (empty: `via` stays None)."""
 
     def __init__(self, tunnel: TunnelKey, *, destination: str, source: str | None,
                  interface: str | None, interval: float, timeout: float,
-                 on_result: Callable[[ProbeResult], None]) -> None:
+                 on_result: Callable[[ProbeResult], None],
+                 returns: Mapping[str, str] | None = None) -> None:
         super().__init__(tunnel, destination=destination, source=source, interface=interface,
                          interval=interval, timeout=timeout, on_result=on_result)
+        self.returns = dict(returns or {})
         self.ident = next(_idents) & 0xFFFF
         self.seq = 0
         self._outstanding: dict[int, float] = {}
@@ -229,7 +250,7 @@ class Prober(_Figures):
         except OSError as exc:  # interface gone, no route, source not (yet) configured
             self._problem(str(exc))
 
-    def _reply(self, source: str, seq: int, now: float) -> None:
+    def _reply(self, source: str, seq: int, now: float, ifindex: int | None = None) -> None:
         if source != self.destination:
             return
         sent = self._outstanding.pop(seq, None)
@@ -238,7 +259,16 @@ class Prober(_Figures):
         handle = self._handles.pop(seq, None)
         if handle is not None:
             handle.cancel()
-        self._answered(now - sent)
+        self._answered(now - sent, self._via(ifindex))
+
+    def _via(self, ifindex: int | None) -> str | None:
+        """The tunnel whose interface the reply arrived on; None when it is none of them."""
+        if not self.returns or not ifindex:
+            return None
+        try:
+            return self.returns.get(socket.if_indextoname(ifindex))
+        except OSError:                  # the interface is already gone
+            return None
 
     def _expire(self, seq: int) -> None:
         self._handles.pop(seq, None)

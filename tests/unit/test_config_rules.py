@@ -217,9 +217,9 @@ ROWS = [
     r("ipsec lifetime 86401", {f"{C}.ipsec.lifetime": 86401}, ERR, f"{C}.ipsec.lifetime"),
     r("ipsec typo", {f"{C}.ipsec.lifetim": 3}, ERR, f"{C}.ipsec.lifetim"),
     # --- health_check ---
-    r("hc interval 0.05", {f"{C}.health_check.interval": 0.05}),
+    r("hc interval 0.02", {f"{C}.health_check.interval": 0.02}),
     r("hc interval int", {f"{C}.health_check.interval": 1}),
-    r("hc interval 0.04", {f"{C}.health_check.interval": 0.04}, ERR,
+    r("hc interval 0.019", {f"{C}.health_check.interval": 0.019}, ERR,
       f"{C}.health_check.interval"),
     r("hc interval nan", {f"{C}.health_check.interval": float("nan")}, ERR,
       f"{C}.health_check.interval"),

@@ -39,6 +39,9 @@ EVENTS = st.one_of(
     st.just(CharonConnected()), st.just(CharonDisconnected("x")),
     st.builds(ProbeResult, TUNNELS, st.booleans(), st.none() | st.sampled_from([0.01, 0.3])),
     st.builds(ProbeResult, TUNNELS, st.just(True), st.just(0.01)),
+    # answers that came back through a tunnel (the cloud picks it), possibly another one
+    st.builds(ProbeResult, TUNNELS, st.booleans(), st.just(0.01),
+              st.sampled_from(["t1", "t2", "t1", "t9", None])),
     st.builds(BgpSessionChanged, TUNNELS, st.booleans()),
     st.builds(BfdChanged, TUNNELS, st.booleans()),
     st.builds(Drain, TUNNELS), st.builds(Undrain, TUNNELS), st.builds(ForceFailover, TUNNELS),
@@ -111,14 +114,18 @@ class Checker:
         assert after.active is None or after.active in names
         any_usable = any(self.usable(n) for n in names)
         if after.active is not None and not self.usable(after.active):
-            assert not any_usable
-            assert self.cfg.failover.both_down == "keep"
+            # "no better": every usable tunnel is losing probes too (and not only because
+            # its replies return through a failing tunnel), the active one still has its SA
+            held = [n for n in names if self.usable(n)]
+            assert not held or (after.of(after.active).established and all(
+                after.of(n).losses > 0 and not after.of(n).blinded for n in held)), held
+            if not held:
+                assert self.cfg.failover.both_down == "keep"
         if any_usable and after.active is None:
             # the one exception: the start-up grace, a bounded wait for the preferred tunnel
             assert after.last_switch is None and after.deadline is not None and after.deadline >= now
             assert "waiting for preferred" in after.reason
-        elif any_usable:
-            assert after.active is not None and self.usable(after.active)
+        elif any_usable and self.usable(after.active):
             h = after.of(after.active)
             if h.drained:       # drained only while no undrained tunnel is usable
                 assert not any(self.usable(n) and not after.of(n).drained for n in names)
@@ -150,6 +157,20 @@ class Checker:
                 assert not after.of(after.active).drained
                 if self.switches:
                     assert self.switches[-1][0] + self.cfg.failover.hold_down <= now
+            elif isinstance(event, ProbeResult) and after.last_kind == "cloud":
+                # following the cloud's return tunnel: route/bgp, an answer that came back
+                # through another tunnel than the probed one, onto a proven tunnel, pinned
+                kind = "cloud"
+                assert self.cfg.routing != "policy" and self.cfg.health_check is not None
+                assert event.ok and event.via == after.active != event.tunnel.tunnel
+                assert after.pinned == after.active and not after.of(after.active).drained
+                assert self.cfg.health_check.switch_route
+                assert not (self.cfg.routing == "bgp" and self.cfg.bgp is not None
+                            and self.cfg.bgp.standby == "ecmp")
+                fo = self.cfg.failover
+                assert after.of(after.active).since + fo.preempt_delay <= now
+                if self.switches:
+                    assert self.switches[-1][0] + fo.hold_down <= now
             else:
                 kind = "discretionary"
                 fo = self.cfg.failover

@@ -91,7 +91,7 @@ class HealthCheckConfig:
 
     destination: IPv4Address
     source: IPv4Address
-    interval: float = 3.0                       # seconds, >= 0.05
+    interval: float = 3.0                       # seconds, >= 0.02
     retries: int = 3                            # consecutive losses before a tunnel fails
     switch_route: bool = True                   # False: report only, never move traffic
     timeout: float | None = None                # per probe; None means `interval`

@@ -155,6 +155,10 @@ def _row(name: str, t: dict[str, Any]) -> tuple[str, ...]:
     reason = t["reason"]
     if t.get("why_not_usable") and t["state"] == "established":
         reason += f"; not usable: {t['why_not_usable']}"
+    if t.get("blinded"):
+        reason += f"; blinded: {t['blinded']}"
+    elif t.get("replies_via") not in (None, name):
+        reason += f"; replies return through {t['replies_via']}"
     return (name, ike, child, ",".join(flags) or "-", rtt, loss, bgp, since, reason)
 
 

@@ -163,6 +163,10 @@ class StatusBoard:
                     "active": c["active"] == t.name,
                     "usable": s["usable"],
                     "why_not_usable": s["why_not_usable"] or None,
+                    # the tunnel its probes' answers last came back through (the cloud picks
+                    # it), and why its losses are that tunnel's, not its own ("blinded")
+                    "replies_via": s.get("replies_via"),
+                    "blinded": s.get("blinded") or None,
                     "drained": s["drained"],
                     "interface": t.interface,
                     "since": _iso(wall - (now - since)) if since is not None else None,

@@ -229,6 +229,7 @@ class Engine:
                     "state": t.state, "since": t.since, "reason": t.reason,
                     "ike_id": t.ike_id, "child_id": t.child_id, "usable": h.usable,
                     "why_not_usable": h.why, "probe_losses": h.losses, "drained": h.drained,
+                    "replies_via": h.via, "blinded": h.blinded,
                     "next_initiate": t.retry_at if not t.established else None,
                 }
             out[name] = {"state": c.state, "active": c.active, "reason": c.reason,

@@ -113,6 +113,10 @@ class ProbeResult:
     tunnel: TunnelKey
     ok: bool
     rtt: float | None = None        # seconds
+    # the tunnel (of the same connection) the answer came back through: the cloud picks its
+    # return tunnel, so tunnel 2's probe may be answered through tunnel 1. None: unknown (a
+    # loss, policy mode without tunnel interfaces, a TCP probe, another interface)
+    via: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ Switches come in three kinds, and only the last one is ever delayed:
 
 The damping bound that follows: in any 60 s window at most max_switches_per_minute switches
 happen up to and including the last discretionary one, so discretionary switches never
-exceed the limit, and every further switch in the window is forced or operator-made, each one
-caused by the active tunnel failing (or being drained/forced away).
+exceed the limit, and every further switch in the window is forced, operator-made or
+following the cloud (below), each one caused by the active tunnel failing (or being
+drained/forced away), or by the cloud moving, at most once per hold_down.
 
 When no tunnel is usable ("both down"), nothing moves to a tunnel that is no better:
 both_down=keep leaves traffic on the last active tunnel (no clear-text leak: the routes keep
@@ -52,6 +53,43 @@ choice": no preemption away from it; if it fails traffic escapes as usual). Traf
 on the other tunnel is being dropped meanwhile, so this is never damped beyond hold_down.
 With no other usable tunnel nothing moves. The counter rising again later means the cloud
 moved once more, and vpnd follows again.
+
+The return path (route and bgp modes). The cloud, not vpnd, picks the tunnel its traffic,
+and so every probe's answer, comes back through: the vendor's cloud sends on tunnel 1 until
+its own health check, DPD or BGP moves it. The prober says which tunnel each answer arrived
+on (ProbeResult.via; None when unknown: policy mode, TCP probes). So when tunnel 1 dies, the
+standby's probes go unanswered too, and that is no evidence against the standby. The rule:
+a tunnel S is *blinded* (its current run of losses is explained by its return tunnel R) when
+S's latest answer came back through R != S, S has been answered before and has no
+CharonAlert since, R's own answers came back through R itself (no chain of excuses), and R
+had trouble when S's losses began: R's losses (runs less than one skew apart count as one)
+began no later than one skew after S's did, and R is still losing or recovered at most one
+skew before S's run began; skew = interval + timeout (two tunnels' probes see one failure
+at different phases). A blinded S is judged only by the losses it has seen more than one
+skew after R answered again (its own evidence: the return path works again), and the
+explained losses leave its loss window when it answers; it is shown with the reason ("replies
+return through tunnel1, which is failing"), never as unusable for that, its BGP neighbor is
+not shut for it, and for "no better" it counts as clean, so vpnd escapes from a dead tunnel 1
+at its own detection time instead of after the cloud's. When the cloud moves, S's probes are
+answered again. Two independently dead tunnels stay "both down": losses on S that began more
+than one skew before R's are S's own. Both tunnels dying at once (the uplink) is
+indistinguishable from tunnel 1 black-holed both ways: vpnd then moves to the standby, and
+DPD (the CHILD SAs going down) bounds that benefit of the doubt.
+
+Following the cloud (route and bgp modes, not bgp with standby="ecmp", where the cloud
+spreads flows over both tunnels, and not with switch_route=false): an answer to tunnel Y's
+probe that came back through X != Y says the cloud sends on X (one through Y itself says
+nothing: the lab's per-flow cloud answers every tunnel through itself). Through the active
+tunnel it means no move; through another tunnel it is a sign of the cloud's move to X,
+confirmed like XfrmInTmplMismatch above (MISMATCH_RISES signs for the same X within
+MISMATCH_WINDOW, none within hold_down of the last switch). Then vpnd pins X ("the cloud's
+choice") and follows at once if X has been usable for preempt_delay; a tunnel that recovered
+more recently is proven first: the pin makes the return to it an ordinary discretionary one
+after preempt_delay (the cloud's traffic arriving on X is accepted meanwhile, unlike in
+policy mode). And no discretionary switch goes onto a tunnel whose own answers come back
+through another tunnel: the directions would split, and the cloud's move would pull vpnd
+straight back; the cloud's failback (answers through the target) comes first. So after a
+repair vpnd goes back once, when both the preempt_delay and the cloud's failback allow.
 
 switch_route=false: probes are report-only (the cloud's "do not withdraw routes when health
 checks fail"): they never make a tunnel unusable, so they never move traffic; CHILD SA state
@@ -124,6 +162,12 @@ class Health(NamedTuple):
     why: str = "CHILD SA not installed"   # why not usable; "" when usable
     neighbor: bool = True           # the last SetBgpNeighbor sent (rendered: enabled)
     lost_up: int = 0                # consecutive losses while its CHILD SA was installed
+    via: str | None = None          # the tunnel its latest answer came back through (None: unknown)
+    lost_since: float | None = None # when its latest run of lost probes began (kept after it)
+    trouble_since: float | None = None  # the same, but runs less than the skew apart are one
+    lost_until: float | None = None # when that run ended (its next answer); None while it lasts
+    own: int = 0                    # losses of the current run seen after the return path recovered
+    blinded: str = ""               # why its current losses are the return tunnel's, not its own
 
 
 class Connection(NamedTuple):
@@ -138,8 +182,10 @@ class Connection(NamedTuple):
     switches: tuple[float, ...] = ()    # times of the switches of the last 60 s
     deadline: float | None = None   # a discretionary switch becomes possible then
     reason: str = "no tunnel usable yet"
-    mismatches: tuple[float, ...] = ()  # recent XfrmInTmplMismatch rises (policy mode)
+    mismatches: tuple[float, ...] = ()  # recent signs of the cloud's move (see _mismatch)
     adopted: str | None = None          # traffic found on this tunnel at start (Adopted)
+    cloud_on: str | None = None         # route/bgp: the tunnel those signs say the cloud sends on
+    cloud_pin: bool = False             # the pin is the cloud's choice, not an operator's
 
     def of(self, tunnel: str) -> Health:
         return self.health[self.tunnels.index(tunnel)]
@@ -179,9 +225,56 @@ def _probe_problem(h: Health, cfg: ConnectionConfig) -> str:
     return ""
 
 
-def _assess(h: Health, cfg: ConnectionConfig, now: float) -> Health:
+def _skew(cfg: ConnectionConfig) -> float:
+    """How far apart two tunnels' probes see the same failure: they run at different phases."""
+    hc = cfg.health_check
+    return 0.0 if hc is None else hc.interval + (hc.timeout or hc.interval)
+
+
+def _return_path(h: Health, name: str, by_name: dict[str, Health],
+                 cfg: ConnectionConfig) -> str:
+    """Why `h`'s current run of losses is explained by the tunnel its replies return through
+    ("" when it is its own evidence). See "The return path" in the module docstring."""
+    r = h.via
+    if h.losses == 0 or r is None or r == name or r not in by_name or not h.answered \
+            or h.fail_at is not None or h.lost_since is None:
+        return ""
+    rh = by_name[r]
+    if rh.trouble_since is None or (rh.losses and rh.via != r):
+        return ""                   # r is not known to carry its own replies: no chain of excuses
+    skew = _skew(cfg)
+    if h.lost_since < rh.trouble_since - skew:
+        return ""                   # losing since well before the return tunnel: its own
+    if rh.losses == 0 and (rh.lost_until is None or rh.lost_until + skew < h.lost_since):
+        return ""                   # the return tunnel had recovered before these began
+    if rh.losses == 0:
+        return f"replies return through {r}, which was failing"
+    problem = _probe_problem(rh, cfg)
+    if problem and problem != NO_ANSWER:
+        return f"replies return through {r}, which is failing"
+    return f"replies return through {r}, which is losing probes too"
+
+
+def _excused(h: Health) -> Health:
+    """`h` as judged by its own evidence: only the losses seen after the return path
+    recovered, and the explained ones out of the loss window."""
+    drop = h.losses - h.own
+    return h._replace(losses=h.own, window=_drop_losses(h.window, drop, h.losses))
+
+
+def _drop_losses(window: tuple, drop: int, run: int) -> tuple:
+    """The window without `drop` of the `run` losses at its end."""
+    k = min(run, len(window))
+    if drop <= 0 or k == 0:
+        return window
+    return window[:len(window) - k] + window[len(window) - k + min(drop, k):]
+
+
+def _assess(h: Health, cfg: ConnectionConfig, now: float, excuse: str = "") -> Health:
     hc = cfg.health_check
     probe = _probe_problem(h, cfg) if hc is not None and hc.switch_route else ""
+    if probe and excuse:
+        probe = _probe_problem(_excused(h), cfg)
     # "no answer yet" is no failure: it must not shut a BGP session when vpnd (re)starts,
     # nor must a CHILD SA that was never seen since then
     failing = (h.seen_up and not h.established) or (bool(probe) and probe != NO_ANSWER)
@@ -195,16 +288,32 @@ def _assess(h: Health, cfg: ConnectionConfig, now: float) -> Health:
             elif not h.bgp:
                 usable, why = False, "BGP session not established"
     since = (h.since if h.since is not None else now) if usable else None
-    if (failing, usable, why, since) == (h.failing, h.usable, h.why, h.since):
+    if (failing, usable, why, since, excuse) == (h.failing, h.usable, h.why, h.since, h.blinded):
         return h
-    return h._replace(failing=failing, usable=usable, why=why, since=since)
+    return h._replace(failing=failing, usable=usable, why=why, since=since, blinded=excuse)
 
 
-def _probe(h: Health, ev: ProbeResult) -> Health:
-    window = (h.window + ((ev.ok, ev.rtt),))[-WINDOW:]
+def _probe(h: Health, ev: ProbeResult, now: float, returned: Health | None,
+           cfg: ConnectionConfig) -> Health:
+    """One probe's result. `returned`: the health of the tunnel h's replies return through."""
     if ev.ok:
-        return h._replace(answered=True, losses=0, fail_at=None, window=window, lost_up=0)
-    return h._replace(losses=h.losses + 1, window=window, lost_up=h.lost_up + h.established)
+        window = h.window
+        if h.blinded:               # the run was the return path's: not this tunnel's loss
+            window = _drop_losses(window, h.losses - h.own, h.losses)
+        return h._replace(answered=True, losses=0, fail_at=None, lost_up=0, via=ev.via, own=0,
+                          window=(window + ((True, ev.rtt),))[-WINDOW:],
+                          lost_until=now if h.losses else h.lost_until)
+    window = (h.window + ((False, None),))[-WINDOW:]
+    trouble = h.trouble_since
+    if not h.losses and (h.lost_until is None or now > h.lost_until + _skew(cfg)):
+        trouble = now   # a new run; one within the skew of the last one continues its trouble
+    own = h.own
+    if returned is not None and returned.losses == 0 and returned.lost_until is not None \
+            and now > returned.lost_until + _skew(cfg):
+        own += 1                    # lost although its return path works again
+    return h._replace(losses=h.losses + 1, window=window, lost_up=h.lost_up + h.established,
+                      lost_since=h.lost_since if h.losses else now, trouble_since=trouble,
+                      lost_until=h.lost_until if h.losses else None, own=own)
 
 
 # --- the decision --------------------------------------------------------------------------
@@ -231,6 +340,7 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
     cloud_moved = False
     health = list(c.health)
     touched = set()
+    sent_on: list[str] = []         # tunnels answers came back through, other than their own
     for event in events:
         typ = type(event)
         if typ is Tick:
@@ -251,7 +361,11 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
             continue
         h = health[i]
         if typ is ProbeResult:
-            h = _probe(h, event)
+            r = c.tunnels.index(h.via) if h.via in c.tunnels else None
+            h = _probe(h, event, now, health[r] if r is not None else None, cfg)
+            if event.ok and event.via is not None and event.via != event.tunnel.tunnel \
+                    and event.via in c.tunnels:
+                sent_on.append(event.via)
         elif typ is TunnelChanged:
             h = h._replace(established=event.established,
                            seen_up=h.seen_up or event.established)
@@ -266,20 +380,48 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
             h = h._replace(drained=True)
         elif typ is Undrain:
             h = h._replace(drained=False)
-            c = c._replace(pinned=None)
+            c = c._replace(pinned=None, cloud_pin=False)
         health[i] = h
         touched.add(i)
-    if touched:         # usability depends on a tunnel's own facts only
-        for i in touched:
-            health[i] = _assess(health[i], cfg, now)
+    if touched:         # a tunnel's own facts, and the tunnel its replies return through
+        by_name = dict(zip(c.tunnels, health))
+        for i, name in enumerate(c.tunnels):
+            health[i] = _assess(health[i], cfg, now, _return_path(health[i], name, by_name, cfg))
         c = c._replace(health=tuple(health))
+    for to in sent_on:
+        c, moved = _mismatch(c, cfg, now, to)
+        cloud_moved = cloud_moved or moved
     return _choose(c, cfg, now, operator_to, cloud_moved)
 
 
-def _mismatch(c: Connection, cfg: ConnectionConfig, now: float) -> tuple[Connection, bool]:
-    """Record one rise; True when it confirms the cloud's move (see the module docstring)."""
-    if not cfg.selects_by_sa or c.active is None:
+def _follows_replies(cfg: ConnectionConfig) -> bool:
+    """Whether answers coming back through another tunnel say where the cloud sends: route
+    mode, and bgp mode unless the cloud spreads flows over both (standby = "ecmp"); never
+    when probes only report (switch_route = false: probes move no traffic)."""
+    if cfg.selects_by_sa or not _probes_apply(cfg):
+        return False
+    return not (cfg.has_bgp and cfg.bgp is not None and cfg.bgp.standby == "ecmp")
+
+
+def _mismatch(c: Connection, cfg: ConnectionConfig, now: float,
+              to: str | None = None) -> tuple[Connection, bool]:
+    """Record one sign of the cloud's move; True when it confirms it (module docstring).
+    to=None: an XfrmInTmplMismatch rise (policy mode; it names no tunnel). Otherwise an answer
+    that came back through `to`, not through the tunnel it probed (route and bgp modes)."""
+    if c.active is None:
         return c, False
+    if to is None:
+        if not cfg.selects_by_sa:
+            return c, False
+    else:
+        if not _follows_replies(cfg):
+            return c, False
+        if to == c.active:          # the cloud sends on our tunnel: no move under way
+            if c.mismatches or c.cloud_on is not None:
+                c = c._replace(mismatches=(), cloud_on=None)
+            return c, False
+        if to != c.cloud_on:        # signs for another tunnel start the count again
+            c = c._replace(mismatches=(), cloud_on=to)
     if c.last_switch is not None and now < c.last_switch + cfg.failover.hold_down:
         return c, False         # our own switch's packets in flight, or too soon to move again
     rises = tuple(t for t in c.mismatches if t + MISMATCH_WINDOW > now) + (now,)
@@ -338,11 +480,16 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float, operator_to: str |
 
     if cloud_moved and cur is not None and operator_to is None:
         others = [t for t in c.tunnels if t != cur and by_name[t].usable and not by_name[t].drained]
-        if others:
-            to = others[0]
-            c = _switch(c._replace(pinned=to, mismatches=()), to, CLOUD,
-                        f"cloud moved traffic to {to}, following", now, out)
-            cur = to
+        to = c.cloud_on if c.cloud_on is not None else (others[0] if others else None)
+        if to in others:
+            # policy mode: traffic on the other SA is being dropped, follow at once. Route
+            # and bgp: the cloud's traffic arrives fine meanwhile, so a tunnel that has only
+            # just recovered is proven first (preempt_delay, as any return to it)
+            proven = cfg.selects_by_sa or by_name[to].since + fo.preempt_delay <= now
+            c = c._replace(pinned=to, cloud_pin=True, mismatches=(), cloud_on=None)
+            if proven:
+                c = _switch(c, to, CLOUD, f"cloud moved traffic to {to}, following", now, out)
+                cur = to
 
     if operator_to is not None:
         target = by_name[operator_to]
@@ -353,7 +500,7 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float, operator_to: str |
                 health[i] = target._replace(drained=False)
                 c = c._replace(health=tuple(health))
                 by_name[operator_to] = health[i]
-            c = c._replace(pinned=operator_to)
+            c = c._replace(pinned=operator_to, cloud_pin=False)
             if cur != operator_to:
                 c = _switch(c, operator_to, OPERATOR,
                             f"operator: force failover to {operator_to}", now, out)
@@ -410,11 +557,13 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float, operator_to: str |
         # tunnel whose last probe was answered; one that is losing probes too (both dying,
         # e.g. charon or the uplink gone, detected a few probes apart) would be a false
         # failover followed by a switch back. The next probe result decides again.
-        clean = [t for t in usable if by_name[t].losses == 0]
+        # A tunnel whose losses are the return path's ("blinded") is as good as a clean one.
+        clean = [t for t in usable if by_name[t].losses == 0 or by_name[t].blinded]
         if clean or not by_name[cur].established or not _probes_apply(cfg):
             target = min(clean, key=rank) if clean else best
-            c = _switch(c, target, FORCED, f"{cur}: {by_name[cur].why}: switched to {target}",
-                        now, out)
+            blinded = by_name[target].blinded
+            c = _switch(c, target, FORCED, f"{cur}: {by_name[cur].why}: switched to {target}"
+                        + (f" (its probes are blinded: {blinded})" if blinded else ""), now, out)
         else:
             reason = (f"{cur}: {by_name[cur].why}; {best} no better "
                       f"({by_name[best].losses} probes lost in a row): holding")
@@ -427,14 +576,18 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float, operator_to: str |
             out.append(SetActive(c.name, cur, reason))
             c = c._replace(both_down=False, reason=reason)
         deadline = None
-        if best != cur and (fo.preempt or best == c.pinned):
+        # never back onto a tunnel whose own replies the cloud sends through another one: the
+        # directions would split, and following the cloud would move straight back
+        if best != cur and (fo.preempt or best == c.pinned) and \
+                by_name[best].via in (None, best):
             release = _damping_release(c, fo.max_switches_per_minute, now)
             if release is not None:
                 since = by_name[best].since
                 hold = c.last_switch + fo.hold_down if c.last_switch is not None else now
                 due = max(since + fo.preempt_delay, hold, release)
                 if now >= due:
-                    what = "pinned" if best == c.pinned else "preferred"
+                    what = ("pinned" if not c.cloud_pin else "the cloud's choice") \
+                        if best == c.pinned else "preferred"
                     c = _switch(c, best, DISCRETIONARY,
                                 f"{what} {best} healthy for {now - since:.1f} s: switched back",
                                 now, out)

@@ -37,7 +37,7 @@ def build_prober(key: E.TunnelKey, spec: ProbeSpec, on_result: Callable[[E.Probe
                                   interface=spec.interface, interval=spec.interval,
                                   timeout=spec.timeout, on_result=on_result)
     return (TcpProber(key, port=spec.port, **target) if spec.kind == "tcp"
-            else Prober(key, **target))
+            else Prober(key, returns=dict(spec.returns), **target))
 
 
 def _steering_for(conn: ConnectionConfig, services: Services) -> Steering:

@@ -17,6 +17,9 @@ class ProbeSpec:
     interval: float
     timeout: float
     port: int | None
+    # (interface, tunnel) of the connection's tunnels: which tunnel an answer came back
+    # through (the cloud picks the return tunnel); () in policy mode (no interfaces)
+    returns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,11 @@ def probe_spec(conn: ConnectionConfig, t: TunnelConfig) -> ProbeSpec | None:
     hc = conn.health_check
     if hc is None:
         return None
+    returns = tuple((x.interface, x.name) for x in conn.tunnels) if conn.tunnel_interfaces else ()
     return ProbeSpec(hc.kind, str(t.probe_destination or hc.destination),
                      str(t.probe_source or hc.source),
                      t.interface if conn.tunnel_interfaces else None,
-                     hc.interval, hc.timeout or hc.interval, hc.port)
+                     hc.interval, hc.timeout or hc.interval, hc.port, returns)
 
 
 def link_spec(conn: ConnectionConfig, t: TunnelConfig) -> LinkSpec | None:
