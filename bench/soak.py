@@ -14,8 +14,8 @@ Invariants, checked every 0.25 s (a violation is recorded with its time and deta
 - at most one active tunnel: at most one vpnd route with metric 100, and the metric
   vpnd_tunnel_active sums to at most 1;
 - recovery: whenever a tunnel is healthy (during a one-tunnel fault, and after every repair)
-  LAN->VPC answers again within --bound seconds (default 20: a deleted IKE SA re-negotiates,
-  a killed charon restarts);
+  LAN->VPC answers again within --bound seconds (default 30: a deleted IKE SA re-negotiates,
+  a killed charon restarts and vpnd's VICI backoff finds it);
 - no switch without a cause: every connection.active_changed happens during a fault or
   within preempt_delay + hold_down + 10 s after one ended (the preempt back);
 - no traceback in vpnd's log, vpnd alive throughout;
@@ -116,7 +116,6 @@ class Soak:
         return r.returncode == 0
 
     def recovers(self, what: str) -> None:
-        t0 = time.monotonic()
         try:
             took = wait_until(what, self.ping_ok, self.args.bound, interval=0.1)
             self.recoveries.append(took)
@@ -284,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS is taken")
-    ap.add_argument("--bound", type=float, default=20.0, help="recovery bound, seconds")
+    ap.add_argument("--bound", type=float, default=30.0, help="recovery bound, seconds")
     ap.add_argument("--rss-limit", type=float, default=5.0, help="RSS growth limit, percent")
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args(argv)
