@@ -395,9 +395,12 @@ def request(path: str, payload: dict[str, Any], timeout: float = APPLY_TIMEOUT +
         except OSError as exc:
             raise Unreachable("not_running", f"cannot reach vpnd at {path}: "
                               f"{exc.strerror or exc}") from None
+        data = b""
         try:
-            s.sendall(json.dumps(payload).encode() + b"\n")
-            data = b""
+            try:
+                s.sendall(json.dumps(payload).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass        # refused before reading ("busy"): its reply may be waiting
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)
                 if not chunk:
@@ -409,8 +412,9 @@ def request(path: str, payload: dict[str, Any], timeout: float = APPLY_TIMEOUT +
             raise Unreachable("no_answer", f"vpnd did not answer within {timeout:g} s on {path}") \
                 from None
         except OSError as exc:
-            raise Unreachable("no_answer", f"lost the connection to vpnd on {path}: "
-                              f"{exc.strerror or exc}") from None
+            if not data.endswith(b"\n"):
+                raise Unreachable("no_answer", f"lost the connection to vpnd on {path}: "
+                                  f"{exc.strerror or exc}") from None
     finally:
         s.close()
     try:
