@@ -18,6 +18,10 @@ Why it is built this way:
   dead standby from one whose replies return through the dead active tunnel. No cache of
   ifindex -> name: an interface re-created under the same name gets a new ifindex, and one
   lookup per reply costs microseconds (bench/probe_cpu.py).
+- Accepting replies from any interface must not let an off-path sender fake a healthy
+  tunnel: each prober has a random identifier and starts at a random sequence, each probe
+  carries a fresh random nonce, and a reply counts only from the probe's destination with
+  that probe's nonce (anything else is counted in `rejected` and ignored).
 
 `TcpProber` (health_check.kind = "tcp") is keepalived's TCP_CHECK on the same schedule and
 figures; its docstring says how it differs.
@@ -27,8 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import itertools
+import hmac
 import os
+import secrets
 import socket
 import struct
 from collections import deque
@@ -57,6 +62,21 @@ def checksum(data: bytes) -> int:
 def echo_request(ident: int, seq: int, payload: bytes = b"vpnd-probe") -> bytes:
     header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
     return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, checksum(header + payload), ident, seq) + payload
+
+
+NONCE_PREFIX = b"vpnd"
+NONCE_BYTES = 12
+
+
+def new_payload() -> bytes:
+    """A probe's payload: a fixed tag (for packet captures) and a fresh random nonce."""
+    return NONCE_PREFIX + secrets.token_bytes(NONCE_BYTES)
+
+
+def reply_payload(packet: bytes) -> bytes:
+    """The echo data of an IPv4 echo reply that parse_reply accepted."""
+    ihl = (packet[0] & 0x0F) * 4
+    return packet[ihl + 8:]
 
 
 def parse_reply(packet: bytes) -> tuple[str, int, int] | None:
@@ -95,7 +115,8 @@ class _IcmpSocket:
             if parsed is not None:
                 prober = self.probers.get(parsed[1])
                 if prober is not None:
-                    prober._reply(parsed[0], parsed[2], now, _arrival(ancillary))
+                    prober._reply(parsed[0], parsed[2], now, reply_payload(packet),
+                                  _arrival(ancillary))
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
@@ -114,7 +135,6 @@ def _arrival(ancillary: list) -> int | None:
 
 
 _shared: dict[int, _IcmpSocket] = {}           # per event loop
-_idents = itertools.count((os.getpid() * 7919) & 0xFFFF)
 
 
 def _socket_for(loop: asyncio.AbstractEventLoop) -> _IcmpSocket:
@@ -196,9 +216,10 @@ class Prober(_Figures):
         super().__init__(tunnel, destination=destination, source=source, interface=interface,
                          interval=interval, timeout=timeout, on_result=on_result)
         self.returns = dict(returns or {})
-        self.ident = next(_idents) & 0xFFFF
-        self.seq = 0
-        self._outstanding: dict[int, float] = {}
+        self.ident = secrets.randbits(16)      # random: not guessable from the pid or order
+        self.seq = secrets.randbits(16)        # the first probe's sequence follows it
+        self.rejected = 0                      # replies with a wrong nonce or source
+        self._outstanding: dict[int, tuple[float, bytes]] = {}    # seq -> (sent, payload)
         self._handles: dict[int, asyncio.TimerHandle] = {}
         self._icmp: _IcmpSocket | None = None
 
@@ -208,7 +229,7 @@ class Prober(_Figures):
         loop = asyncio.get_running_loop()
         self._icmp = _socket_for(loop)
         while self.ident in self._icmp.probers:
-            self.ident = next(_idents) & 0xFFFF
+            self.ident = secrets.randbits(16)
         self._icmp.probers[self.ident] = self
         self._next = loop.call_soon(self._send)
 
@@ -235,7 +256,8 @@ class Prober(_Figures):
         self.seq = (self.seq + 1) & 0xFFFF
         seq = self.seq
         self.sent += 1
-        self._outstanding[seq] = now
+        payload = new_payload()
+        self._outstanding[seq] = (now, payload)
         self._handles[seq] = loop.call_at(now + self.timeout, self._expire, seq)
         try:
             ancillary = []
@@ -244,18 +266,27 @@ class Prober(_Figures):
                 spec = socket.inet_aton(self.source or "0.0.0.0")
                 ancillary = [(socket.IPPROTO_IP, IP_PKTINFO,
                               struct.pack("=I4s4s", ifindex, spec, b"\0\0\0\0"))]
-            self._icmp.sock.sendmsg([echo_request(self.ident, seq)], ancillary, 0,
+            self._icmp.sock.sendmsg([echo_request(self.ident, seq, payload)], ancillary, 0,
                                    (self.destination, 0))
             self._problem(None)
         except OSError as exc:  # interface gone, no route, source not (yet) configured
             self._problem(str(exc))
 
-    def _reply(self, source: str, seq: int, now: float, ifindex: int | None = None) -> None:
-        if source != self.destination:
+    def _reply(self, source: str, seq: int, now: float, payload: bytes = b"",
+               ifindex: int | None = None) -> None:
+        probe = self._outstanding.get(seq)
+        if probe is None:                # a late reply (already counted as lost) or a guess
             return
-        sent = self._outstanding.pop(seq, None)
-        if sent is None:                 # a late reply: already counted as lost
+        sent, nonce = probe
+        if source != self.destination or not hmac.compare_digest(payload, nonce):
+            # not our probe's answer: ignored, and the genuine one may still come
+            self.rejected += 1
+            if self.rejected == 1 or self.rejected % 1000 == 0:
+                log.warning("probe.reply_rejected", tunnel=str(self.tunnel), source=source,
+                            destination=self.destination, rejected=self.rejected,
+                            note="wrong source or nonce: forged or stray, ignored")
             return
+        del self._outstanding[seq]
         handle = self._handles.pop(seq, None)
         if handle is not None:
             handle.cancel()

@@ -193,6 +193,67 @@ class LogClassifier:
 
 # --- list-sas -> SaSnapshot ---------------------------------------------------------------
 
+_NUMERIC = ("established", "install-time", "bytes-in", "bytes-out", "packets-in", "packets-out")
+
+
+def _is_int(v: object) -> bool:
+    try:
+        int(v)          # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _numbers(d: Mapping, where: str, odd: list[str]) -> dict:
+    """`d` without its counters/ages that are not numbers (each one noted in `odd`)."""
+    out = {}
+    for k, v in d.items():
+        if k in _NUMERIC and not _is_int(v):
+            odd.append(f"{where}: {k} {v!r} is not a number")
+            continue
+        out[k] = v
+    return out
+
+
+def sanitize_sas(sas: Iterable[object]) -> tuple[list[dict], list[str]]:
+    """`list-sas` entries as charon should send them, plus what was odd ("name: problem").
+
+    One odd reply must not end the poll (and with it the resync and the SA metrics): an SA
+    or CHILD SA without a numeric unique id is dropped, a `child-sas` that is not a section
+    counts as none, a counter or age that is not a number is dropped (read as 0). The rest
+    of the reply is used as is."""
+    clean: list[dict] = []
+    odd: list[str] = []
+    for entry in sas:
+        if not isinstance(entry, Mapping):
+            odd.append(f"?: list-sas entry is a {type(entry).__name__}, not a section")
+            continue
+        out: dict = {}
+        for name, sa in entry.items():
+            if not isinstance(sa, Mapping):
+                if name != "up":
+                    odd.append(f"{name}: SA is a {type(sa).__name__}, not a section")
+                continue
+            if not _is_int(sa.get("uniqueid", 0)):
+                odd.append(f"{name}: uniqueid {sa.get('uniqueid')!r} is not a number (SA skipped)")
+                continue
+            sa = _numbers(sa, name, odd)
+            children = sa.get("child-sas", {})
+            if not isinstance(children, Mapping):
+                odd.append(f"{name}: child-sas is a {type(children).__name__}, not a section")
+                children = {}
+            kids = {}
+            for cname, c in children.items():
+                if not isinstance(c, Mapping) or not _is_int(c.get("uniqueid", 0)):
+                    odd.append(f"{name}/{cname}: CHILD SA without a numeric uniqueid (skipped)")
+                    continue
+                kids[cname] = _numbers(c, f"{name}/{cname}", odd)
+            sa["child-sas"] = kids
+            out[name] = sa
+        clean.append(out)
+    return clean, odd
+
+
 def _best(items: Iterable[dict], good: str) -> dict | None:
     """Prefer the SA in the `good` state, then the newest (highest unique id)."""
     items = list(items)
@@ -204,7 +265,7 @@ def _best(items: Iterable[dict], good: str) -> dict | None:
 def snapshot_from_sas(sas: Iterable[Mapping], tunnels: Mapping[str, TunnelKey]) -> SaSnapshot:
     """`list-sas` output -> one TunnelSa per configured tunnel (all None when it has no SA)."""
     by_name: dict[str, list[dict]] = {}
-    for entry in sas:
+    for entry in sanitize_sas(sas)[0]:
         for name, sa in _sas(entry):
             by_name.setdefault(name, []).append(sa)
     out = []
@@ -244,7 +305,7 @@ def sa_stats(sas: Iterable[Mapping], tunnels: Mapping[str, TunnelKey], now: floa
     """
     previous = previous or {}
     by_name: dict[str, list[dict]] = {}
-    for entry in sas:
+    for entry in sanitize_sas(sas)[0]:
         for name, sa in _sas(entry):
             by_name.setdefault(name, []).append(sa)
     out: dict[TunnelKey, SaStats] = {}
@@ -348,6 +409,8 @@ class CharonAdapter:
         self.stats: dict[TunnelKey, SaStats] = {}
         self.loaded_plugins: tuple[str, ...] | None = None    # VICI `stats`, read at connect
         self._poller: asyncio.Task | None = None
+        self.odd_sas = 0                # odd SAs/fields list-sas returned (skipped, logged)
+        self.poll_errors = 0            # poll rounds that failed on something other than VICI
         self._poke = asyncio.Event()
         self._desired: Desired | None = None
         self.tunnels: dict[str, TunnelKey] = {}
@@ -395,6 +458,11 @@ class CharonAdapter:
                 await self.resync()
             except ViciException as e:
                 log.warning("charon.poll_failed", error=str(e))
+            except Exception as e:  # noqa: BLE001 - a dead poller means frozen SAs, no resync
+                self.poll_errors += 1
+                log.error("charon.poll_error", error=f"{type(e).__name__}: {e}",
+                          errors=self.poll_errors, exc_info=True, note="polling goes on")
+                await asyncio.sleep(self.poll_interval)     # never a hot loop on a bug
 
     # events in --------------------------------------------------------------------------
 
@@ -424,11 +492,24 @@ class CharonAdapter:
             log.warning("charon.stats_failed", error=str(e))
         await self.resync()
 
+    def unreachable(self) -> dict | None:
+        """None while the VICI session is up; else since when (wall clock), the last error
+        and that the client keeps retrying: what `vpnd status` shows about charon."""
+        c = self.client
+        if c.connected:
+            return None
+        return {"since": c.down_since, "last_error": c.last_error,
+                "retrying": not c._stopping.is_set(), "failed_attempts": c.failed_attempts}
+
     def _on_disconnect(self, reason: str) -> None:
         self._emit(CharonDisconnected(reason))
 
     async def resync(self) -> SaSnapshot:
-        sas = await self.client.list_sas()
+        sas, odd = sanitize_sas(await self.client.list_sas())
+        if odd:
+            self.odd_sas += len(odd)
+            log.warning("charon.odd_sas", problems=odd[:10], count=len(odd), total=self.odd_sas,
+                        note="skipped; the rest of list-sas is used")
         snap = snapshot_from_sas(sas, self.tunnels)
         self.stats = sa_stats(sas, self.tunnels, self._wall(), self.stats)
         log.debug("charon.sas_listed", sas={f"{k.connection}/{k.tunnel}": (st.ike_id, st.child_id)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -307,6 +308,9 @@ class ViciConnection:
                 log.exception("vici.event_handler_failed", event_name=name)
 
 
+CONNECT_FAILED_LOG_EVERY = 30.0     # seconds between warnings while charon stays unreachable
+
+
 @dataclass(frozen=True)
 class Backoff:
     base: float = 0.05
@@ -351,6 +355,9 @@ class ViciClient:
         self._task: asyncio.Task | None = None
         self.connects = 0               # successful (re)connects, for metrics and tests
         self.failed_attempts = 0
+        self.down_since: float | None = None    # wall clock of the first failed attempt of an outage
+        self.last_error: str | None = None      # of the last failed attempt or lost connection
+        self._logged_failure: float | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -416,13 +423,28 @@ class ViciClient:
                 self.failed_attempts += 1
                 delay = backoff_delay(attempt, self._backoff.base, self._backoff.cap, self._rand)
                 attempt += 1
-                log.info("vici.connect_failed", socket=self.socket_path,
-                         error=str(e) or type(e).__name__, attempt=attempt, retry_in=round(delay, 3))
+                self.last_error = str(e) or type(e).__name__
+                if self.down_since is None:
+                    self.down_since = time.time()
+                now = time.monotonic()
+                # a warning at the first failure, then one per CONNECT_FAILED_LOG_EVERY
+                # seconds with the count: an outage is visible, a long one does not flood
+                if self._logged_failure is None or now - self._logged_failure >= CONNECT_FAILED_LOG_EVERY:
+                    self._logged_failure = now
+                    log.warning("vici.connect_failed", socket=self.socket_path, error=self.last_error,
+                                attempt=attempt, retry_in=round(delay, 3),
+                                down_since=round(self.down_since, 3),
+                                note="charon unreachable, retrying with backoff")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
                 continue
+            if self.down_since is not None:
+                log.info("vici.reconnected", socket=self.socket_path, attempts=attempt,
+                         down_s=round(time.time() - self.down_since, 3))
             attempt = 0
+            self.down_since = None
+            self._logged_failure = None
             self.connects += 1
             self._connected.set()
             log.info("vici.connected", socket=self.socket_path, connects=self.connects)
@@ -442,6 +464,8 @@ class ViciClient:
     def _drop(self, reason: str) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        if was and not self._stopping.is_set():
+            self.down_since, self.last_error = time.time(), reason
         for conn in (self._evt, self._cmd):
             if conn is not None:
                 conn.close(reason)

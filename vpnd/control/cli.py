@@ -109,6 +109,12 @@ def render(status: dict[str, Any]) -> str:
     d = status.get("daemon", {})
     lines = [f"vpnd pid {d.get('pid')}, up {_duration(d.get('uptime_seconds'))}, "
              f"config {d.get('config')}"]
+    ch = status.get("charon") or {}
+    if ch.get("reachable") is False:
+        since = f" since {ch['since']} ({_duration(ch.get('for_seconds'))})" if ch.get("since") else ""
+        lines.append(f"CHARON UNREACHABLE{since}: {ch.get('last_error') or 'not connected yet'}; "
+                     f"{'retrying' if ch.get('retrying') else 'not retrying'}. "
+                     "IKE/CHILD states below are last known, not current.")
     for name, c in status.get("connections", {}).items():
         lines += ["", f"{name} ({c['routing']} mode): {_headline(c)} -- {c['reason']}"]
         if c.get("next_decision"):
@@ -136,6 +142,8 @@ def _headline(c: dict[str, Any]) -> str:
 def _row(name: str, t: dict[str, Any]) -> tuple[str, ...]:
     ike = t["ike"] + (f" #{t['ike_id']}" if t.get("ike_id") is not None else "")
     child = t["child"] + (f" #{t['child_id']}" if t.get("child_id") is not None else "")
+    if t.get("sa_state") == "last_known":
+        ike, child = f"{ike} (last known)", f"{child} (last known)"
     flags = ["yes"] if t["active"] else []
     if t.get("drained"):
         flags.append("drained")

@@ -29,7 +29,9 @@ from typing import Any, Awaitable, Callable
 from vpnd.core.events import Drain, ForceFailover, TunnelKey, Undrain
 
 MAX_REQUEST = 64 * 1024         # bytes of one request line, newline included
-READ_TIMEOUT = 5.0              # seconds a client has to send one complete request
+READ_TIMEOUT = 5.0              # seconds a client has to send one complete request (one
+                                # deadline from accept or the previous reply; blank lines
+                                # do not restart it)
 APPLY_TIMEOUT = 10.0            # seconds the reconciler has to process an operator command
 MAX_CLIENTS = 32                # concurrent connections; more are told "busy" and closed
 
@@ -113,7 +115,10 @@ class ControlServer:
                                                 "connected; try again"))
                 return
             uid = _peer_uid(writer)
-            while await self._one_request(reader, writer, uid):
+            loop = asyncio.get_running_loop()
+            # one deadline per request, from accept (then from the previous reply) to its
+            # complete line: blank lines or a trickle of bytes never buy more time
+            while await self._one_request(reader, writer, uid, loop.time() + self.read_timeout):
                 pass
         except (ConnectionError, asyncio.CancelledError, TimeoutError):
             pass
@@ -126,15 +131,19 @@ class ControlServer:
                 pass
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           uid: int | None) -> bool:
-        """Serve one request; False: close the connection."""
+                           uid: int | None, deadline: float) -> bool:
+        """Serve one request, read by `deadline` (loop time); False: close the connection."""
         keep = True
         try:
-            line = await asyncio.wait_for(reader.readuntil(b"\n"), self.read_timeout)
-        except asyncio.IncompleteReadError as exc:     # EOF: a last line without "\n" counts
-            if not exc.partial.strip():
-                return False
-            line, keep = exc.partial, False
+            async with asyncio.timeout_at(deadline):
+                line = b""
+                while not line.strip():         # blank lines are skipped, within the deadline
+                    try:
+                        line = await reader.readuntil(b"\n")
+                    except asyncio.IncompleteReadError as exc:  # EOF: a last line without "\n"
+                        if not exc.partial.strip():
+                            return False
+                        line, keep = exc.partial, False
         except asyncio.LimitOverrunError:
             await self._send(writer, _error("too_large", f"request longer than {self.max_request} "
                                             "bytes; closing the connection"))
@@ -143,8 +152,6 @@ class ControlServer:
             await self._send(writer, _error("timeout", "no complete request within "
                                             f"{self.read_timeout:g} s; closing the connection"))
             return False
-        if not line.strip():
-            return keep
         reply = await self.handle(line, uid)
         await self._send(writer, reply)
         return keep
@@ -388,9 +395,12 @@ def request(path: str, payload: dict[str, Any], timeout: float = APPLY_TIMEOUT +
         except OSError as exc:
             raise Unreachable("not_running", f"cannot reach vpnd at {path}: "
                               f"{exc.strerror or exc}") from None
+        data = b""
         try:
-            s.sendall(json.dumps(payload).encode() + b"\n")
-            data = b""
+            try:
+                s.sendall(json.dumps(payload).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass        # refused before reading ("busy"): its reply may be waiting
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)
                 if not chunk:
@@ -402,8 +412,9 @@ def request(path: str, payload: dict[str, Any], timeout: float = APPLY_TIMEOUT +
             raise Unreachable("no_answer", f"vpnd did not answer within {timeout:g} s on {path}") \
                 from None
         except OSError as exc:
-            raise Unreachable("no_answer", f"lost the connection to vpnd on {path}: "
-                              f"{exc.strerror or exc}") from None
+            if not data.endswith(b"\n"):
+                raise Unreachable("no_answer", f"lost the connection to vpnd on {path}: "
+                                  f"{exc.strerror or exc}") from None
     finally:
         s.close()
     try:

@@ -115,8 +115,10 @@ class StatusBoard:
     """Observer of dispatched events + composer of the status the control socket serves."""
 
     def __init__(self, config: Callable[[], Config], engine_status: Callable[[], dict],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 charon: Callable[[], dict | None] | None = None) -> None:
         self._config = config
+        self._charon = charon       # CharonAdapter.unreachable: None while VICI is up
         self._engine_status = engine_status
         self._clock = clock
         self._started = clock()
@@ -139,6 +141,7 @@ class StatusBoard:
         config = self._config()
         core = self._engine_status()
         now, wall = self._clock(), time.time()
+        gone = self._charon() if self._charon is not None else None
         connections: dict[str, Any] = {}
         for conn in config.connections:
             c = core.get(conn.name)
@@ -175,6 +178,8 @@ class StatusBoard:
                     "probe": (probe or ProbeSummary()).to_json()
                     if conn.health_check is not None else None,
                     "bgp": self._bgp(conn.has_bgp, key),
+                    # charon unreachable: ike/child are what it said last, not the present
+                    "sa_state": "last_known" if gone is not None else "current",
                 }
             connections[conn.name] = {
                 "routing": conn.routing, "state": c["state"], "active": c["active"],
@@ -190,6 +195,7 @@ class StatusBoard:
             "daemon": {"pid": os.getpid(), "started": _iso(self._started_wall),
                        "uptime_seconds": round(now - self._started, 1),
                        "config": config.source},
+            "charon": _charon_json(gone, wall),
             "connections": connections,
         }
 
@@ -200,6 +206,16 @@ class StatusBoard:
         bfd = self.bfd.get(key)
         return {"state": "unknown" if up is None else "Established" if up else "down",
                 "bfd": None if bfd is None else "up" if bfd else "down"}
+
+
+def _charon_json(gone: dict | None, wall: float) -> dict[str, Any]:
+    if gone is None:
+        return {"reachable": True}
+    since = gone.get("since")
+    return {"reachable": False, "since": _iso(since) if since else None,
+            "for_seconds": round(wall - since, 1) if since else None,
+            "last_error": gone.get("last_error"), "retrying": gone.get("retrying", True),
+            "failed_attempts": gone.get("failed_attempts")}
 
 
 def _ms(seconds: float | None) -> float | None:

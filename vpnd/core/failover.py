@@ -105,7 +105,13 @@ enabled while its tunnel is not failing (its CHILD SA went down, or its probes f
 BGP/BFD state, which would deadlock, and never "not known yet", which would shut sessions
 whenever vpnd restarts) and, in ecmp mode only, not excluded (drained, or not the pinned tunnel
 while the pinned one is active) while another tunnel is usable; with prepend the route-maps
-keep traffic off an excluded tunnel and its session stays up, ready. The active tunnel's
+keep traffic off an excluded tunnel and its session stays up, ready. "Its probes failed"
+needs evidence in bgp mode (a cloud that learns the LAN only over BGP cannot answer before
+the session is up): only losses while the tunnel's own session is Established count, and
+only once the path has worked (an answer since the neighbor was last enabled) or the session
+has been up for bgp_grace; with no session of the connection up at all, lost probes prove
+nothing and a neighbor shut for them is enabled again with a fresh trial. So the health check
+withdraws a working path and never blocks bring-up. The active tunnel's
 neighbor stays up while it fails if no other tunnel is usable and both_down=keep (shutting it
 would withdraw everything: that is "keep" in BGP terms). Neighbors start as rendered (enabled).
 """
@@ -168,6 +174,9 @@ class Health(NamedTuple):
     lost_until: float | None = None # when that run ended (its next answer); None while it lasts
     own: int = 0                    # losses of the current run seen after the return path recovered
     blinded: str = ""               # why its current losses are the return tunnel's, not its own
+    lost_bgp: int = 0               # consecutive losses while its BGP session was Established
+    proven: bool = False            # answered since its neighbor was last (re-)enabled
+    bgp_since: float | None = None  # its BGP session Established since
 
 
 class Connection(NamedTuple):
@@ -275,9 +284,18 @@ def _assess(h: Health, cfg: ConnectionConfig, now: float, excuse: str = "") -> H
     probe = _probe_problem(h, cfg) if hc is not None and hc.switch_route else ""
     if probe and excuse:
         probe = _probe_problem(_excused(h), cfg)
+    # bgp: a probe lost while the tunnel's own session was not Established is no evidence (a
+    # cloud that learns the LAN only over BGP cannot answer before it is up): only losses
+    # with the session up count against the neighbor, so bring-up is never blocked
+    # and only once the path has worked (an answer) or the session has had bgp_grace to
+    # carry the routes both ways (UPDATEs, the cloud's route install)
+    evidence = probe
+    if probe and cfg.has_bgp:
+        trial_over = h.proven or (h.bgp_since is not None and now - h.bgp_since >= bgp_grace(cfg))
+        evidence = _probe_problem(h._replace(losses=h.lost_bgp if trial_over else 0), cfg)
     # "no answer yet" is no failure: it must not shut a BGP session when vpnd (re)starts,
     # nor must a CHILD SA that was never seen since then
-    failing = (h.seen_up and not h.established) or (bool(probe) and probe != NO_ANSWER)
+    failing = (h.seen_up and not h.established) or (bool(evidence) and evidence != NO_ANSWER)
     if not h.established:
         usable, why = False, "CHILD SA not installed"
     else:
@@ -293,6 +311,13 @@ def _assess(h: Health, cfg: ConnectionConfig, now: float, excuse: str = "") -> H
     return h._replace(failing=failing, usable=usable, why=why, since=since, blinded=excuse)
 
 
+def bgp_grace(cfg: ConnectionConfig) -> float:
+    """bgp: how long a new session may go without an answered probe before losses count
+    (routes must cross both ways first); an answer ends the trial at once."""
+    hc = cfg.health_check
+    return max(10.0, hc.interval * (hc.retries + 1)) if hc is not None else 0.0
+
+
 def _probe(h: Health, ev: ProbeResult, now: float, returned: Health | None,
            cfg: ConnectionConfig) -> Health:
     """One probe's result. `returned`: the health of the tunnel h's replies return through."""
@@ -301,6 +326,7 @@ def _probe(h: Health, ev: ProbeResult, now: float, returned: Health | None,
         if h.blinded:               # the run was the return path's: not this tunnel's loss
             window = _drop_losses(window, h.losses - h.own, h.losses)
         return h._replace(answered=True, losses=0, fail_at=None, lost_up=0, via=ev.via, own=0,
+                          lost_bgp=0, proven=True,
                           window=(window + ((True, ev.rtt),))[-WINDOW:],
                           lost_until=now if h.losses else h.lost_until)
     window = (h.window + ((False, None),))[-WINDOW:]
@@ -312,6 +338,7 @@ def _probe(h: Health, ev: ProbeResult, now: float, returned: Health | None,
             and now > returned.lost_until + _skew(cfg):
         own += 1                    # lost although its return path works again
     return h._replace(losses=h.losses + 1, window=window, lost_up=h.lost_up + h.established,
+                      lost_bgp=h.lost_bgp + h.bgp,
                       lost_since=h.lost_since if h.losses else now, trouble_since=trouble,
                       lost_until=h.lost_until if h.losses else None, own=own)
 
@@ -373,7 +400,8 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
             fail_at = h.losses + 1
             h = h._replace(fail_at=fail_at if h.fail_at is None else min(h.fail_at, fail_at))
         elif typ is BgpSessionChanged:
-            h = h._replace(bgp=event.established)
+            since = (h.bgp_since if h.bgp_since is not None else now) if event.established else None
+            h = h._replace(bgp=event.established, bgp_since=since)
         elif typ is BfdChanged:
             h = h._replace(bfd=event.up)
         elif typ is Drain:
@@ -607,8 +635,14 @@ def _neighbors(c: Connection, cfg: ConnectionConfig, out: list[Action]) -> Conne
     withdraw = cfg.failover.both_down == "withdraw"
     # prepend: SetActive's route-maps keep traffic off drained / unpinned tunnels
     steered = cfg.bgp is not None and cfg.bgp.standby == "prepend" and len(c.tunnels) > 1
+    # no session up anywhere: the cloud has no route back to the LAN, so lost probes prove
+    # nothing against any tunnel: they are forgotten and a neighbor shut for them is tried
+    # again (else "withdraw" could hold every neighbor shut for good)
+    void = not any(h.bgp for h in health)
     for i, h in enumerate(health):
         alternative = any(u for j, u in enumerate(usable) if j != i)
+        if void and h.failing and h.established:
+            h = health[i] = h._replace(failing=False, lost_bgp=0, proven=False)
         # the pin excludes the others once traffic is back on it (not while a return waits)
         excluded = not steered and (h.drained or (c.pinned is not None and c.pinned != c.tunnels[i]
                                                   and c.active == c.pinned))
@@ -624,7 +658,9 @@ def _neighbors(c: Connection, cfg: ConnectionConfig, out: list[Action]) -> Conne
             else:
                 reason = "drained" if h.drained else f"pinned to {c.pinned}"
             out.append(SetBgpNeighbor(TunnelKey(c.name, c.tunnels[i]), enabled, reason))
-            health[i] = h._replace(neighbor=enabled)
+            # re-enabled: its next session gets a fresh trial (answer, or bgp_grace)
+            health[i] = (h._replace(neighbor=enabled, proven=False, lost_bgp=0) if enabled
+                         else h._replace(neighbor=enabled))
     if health != list(c.health):
         c = c._replace(health=tuple(health))
     return c

@@ -255,6 +255,12 @@ class BgpAdapter:
         batch (the newest wanted state wins), then the soft refresh of the moved peers."""
         ip_of = {k: ip for ip, k in self.peers.items()}
         while True:
+            if self._need_apply:
+                # FRR may not have our router or neighbors yet (a fresh or restarted bgpd):
+                # `neighbor P shutdown` before P's remote-as is refused ("% Specify remote-as
+                # or peer-group commands first"). The pending apply renders the wanted state
+                # in order (the shutdown right after the remote-as); the watch loop applies it.
+                return
             pending = {k: v for k, v in self.enabled.items() if self._pushed.get(k) != v}
             active = dict(self.active)
             maps = self.route_map_changes(self._pushed_active, active)

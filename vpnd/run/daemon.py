@@ -359,7 +359,7 @@ class Daemon:
 
         # late-bound: a reload may replace the config (and the engine)
         board = StatusBoard(lambda: self.sup.config, lambda: self.sup.engine.status(),
-                            self.sup.clock)
+                            self.sup.clock, charon=self.charon.unreachable)
         self.sup.observers.append(board.observe)
         return board
 
