@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from vpnd.config.model import Config
+from vpnd.config.model import Config, ConnectionConfig
 from vpnd.core.events import BfdChanged, BgpSessionChanged, ProbeResult, TunnelKey
 
 STATUS_VERSION = 1
@@ -134,6 +134,8 @@ class StatusBoard:
                 if c.get("next_decision_at") is not None else None,
                 "tunnels": tunnels,
             }
+            if conn.has_bgp:
+                connections[conn.name]["return_path"] = _return_path(conn, c["active"])
         return {
             "version": STATUS_VERSION,
             "daemon": {"pid": os.getpid(), "started": _iso(self._started_wall),
@@ -149,6 +151,21 @@ class StatusBoard:
         bfd = self.bfd.get(key)
         return {"state": "unknown" if up is None else "Established" if up else "down",
                 "bfd": None if bfd is None else "up" if bfd else "down"}
+
+
+def _return_path(conn: ConnectionConfig, active: str | None) -> dict[str, Any]:
+    """Which tunnel vpnd's announcements steer the cloud's traffic to, and with what (the
+    core's assignment as vpnd.render.frr renders it; FRR carries it out in the background)."""
+    from vpnd.render.frr import active_tunnel, more_specifics, returns, steered
+
+    if not steered(conn):
+        return {"tunnel": None, "by": "ecmp" if len(conn.tunnels) > 1 else "single tunnel",
+                "more_specifics": []}
+    tunnel = active_tunnel(conn, {conn.name: active})
+    halves = more_specifics(conn) if returns(conn) and tunnel != conn.tunnels[0].name else []
+    if halves:
+        return {"tunnel": tunnel, "by": "more-specific", "more_specifics": halves}
+    return {"tunnel": tunnel, "by": "as-path prepend", "more_specifics": []}
 
 
 def _ms(seconds: float | None) -> float | None:

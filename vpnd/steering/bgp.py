@@ -103,6 +103,13 @@ class BgpSteering(Steering):
         await self.interfaces.remove()
 
     async def stop(self, *, withdraw: bool) -> None:
+        # the return path's more-specifics follow withdraw_on_stop as the routes do (kept by
+        # default: the next vpnd adopts them); sessions and route-maps stay either way
+        if withdraw and self._adapter is not None:
+            try:
+                await self._adapter.withdraw_return_path(self.conn.name)
+            except FrrError as err:
+                log.error("bgp.return_path_not_withdrawn", connection=self.conn.name, error=str(err))
         await self.interfaces.stop()
 
 
