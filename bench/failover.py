@@ -4,9 +4,19 @@ data path is black-holed (IKE stays up), and where the time goes.
     python bench/failover.py [--runs 5] [--interval 0.1] [--retries 3] [--backend auto|native|vm|libipsec]
                              [--baseline [--baseline-cap 240] [--baseline-fault unreachable|blackhole]]
 
-Per run: a fresh lab, vpnd running in cgw, pings every 10 ms from lan, tunnel 1 broken.
-Figures: outage_ms (longest gap the pinger saw), detection_ms (fault -> vpnd's decision, from
-its log), reaction_ms (decision -> routes in the kernel, as vpnd measured it).
+Per run: a fresh lab, vpnd running in cgw, pings every 10 ms from lan and a UDP stream each
+way (10 ms), tunnel 1 broken (both directions). Figures: outage_ms (the round trip: longest
+gap the LAN's pinger saw), outage_lan_to_vpc_ms (longest gap at the VPC host's receiver),
+outage_vpc_to_lan_ms (at the LAN host's), detection_ms (fault -> vpnd's decision, from its
+log), reaction_ms (decision -> routes in the kernel, as vpnd measured it), cloud_moved_ms
+(fault -> the cloud's own move to tunnel 2, from the cloud controller's log), next to
+cloud_budget_ms (the cloud's detection budget: its health check's interval x retries, the
+BGP hold time, or DPD).
+
+The cloud (`--cloud-model`, docs/lab.md): `vendor` (default) chooses its own sending tunnel
+(vpnd/lab/cloud_model.py): its health check `--cloud-check INTERVAL,RETRIES` (default 1,3;
+`off`), DPD timeout `--cloud-dpd-timeout` (default 30 s), in BGP mode its FRR's best path;
+`per-flow` is the lab's original cloud, which answers on the tunnel each packet arrived on.
 
 `--baseline` then measures, in the same lab, the vendor procedure of seed 003 without vpnd:
 charon's own DPD (`dpd_delay = 10`, charon's default retransmission schedule, `dpd_action =
@@ -48,9 +58,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vpnd.config.model import Config  # noqa: E402
-from vpnd.lab import daemons, faults, scenario  # noqa: E402
+from vpnd.lab import cloud_model, daemons, faults, scenario  # noqa: E402
 from vpnd.lab.cli import active_interface, both_established, native_supported, vm_possible, wait_until  # noqa: E402
 from vpnd.lab.pinger import Pinger  # noqa: E402
+from vpnd.lab.streams import Streams  # noqa: E402
 from vpnd.lab.topology import Lab, LabError  # noqa: E402
 from vpnd.render import swanctl  # noqa: E402
 
@@ -96,6 +107,48 @@ def inject(lab: Lab, fault: str, backend: str) -> None:
         faults.peer_unreachable(lab, 0)
 
 
+def phase_span(opts: scenario.Options) -> float:
+    """The fault's random phase covers vpnd's probe interval and, under the vendor cloud, its
+    health check's: otherwise the lab's fixed start-up timing lands every fault at the same
+    point of the cloud's schedule (its move came either ~2.9 s or ~3.9 s after the fault, 1 s x 3)."""
+    if opts.cloud_model == "vendor" and opts.cloud_check and opts.routing != "bgp":
+        return max(opts.interval, opts.cloud_check[0])
+    return opts.interval
+
+
+def resume_cap(opts: scenario.Options) -> float:
+    """How long after vpnd's move traffic may still be lost because of the cloud: its hold
+    time (BGP) or its DPD, plus room."""
+    slow = 5.0 if scenario.emulated() else 1.0
+    if opts.cloud_model != "vendor":
+        return 10 * slow
+    extra = opts.bgp_timers[1] if opts.routing == "bgp" else (scenario.cloud_dpd_timeout(opts) or 3)
+    return (extra + 15) * slow
+
+
+def both_ways(lab: Lab, opts: scenario.Options, pinger: Pinger, streams: Streams, since: float) -> None:
+    """Wait until the round trip and both one-way streams have delivered after `since`."""
+    wait_until("traffic flowing both ways again",
+               lambda: (pinger.last_answer() or 0) > since and streams.flowing_since(since),
+               resume_cap(opts), interval=0.01)
+
+
+def cloud_moved_ms(lab: Lab, fault_wall: float) -> float | None:
+    """fault -> the cloud's first move off tunnel 1 (only tunnel 2 in BGP mode)."""
+    for e in cloud_model.events(lab, "cloud.sending"):
+        if e["t"] >= fault_wall and e["tunnel"] in (1, [1]):
+            return round((e["t"] - fault_wall) * 1000, 1)
+    return None
+
+
+def figures(report, streams_report, lab: Lab, fault_wall: float) -> dict:
+    return {"outage_ms": report.outage_ms,
+            "outage_lan_to_vpc_ms": streams_report.lan_to_vpc.outage_ms,
+            "outage_vpc_to_lan_ms": streams_report.vpc_to_lan.outage_ms,
+            "cloud_moved_ms": cloud_moved_ms(lab, fault_wall),
+            "pings_sent": report.sent, "pings_received": report.received}
+
+
 def measure_vpnd(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     """vpnd in cgw; tunnel 1 broken under 10 ms pings; until the route is on tunnel 2."""
     ifs = [scenario.tunnel_ifname(opts.backend, i) for i in range(2)]
@@ -103,22 +156,26 @@ def measure_vpnd(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     daemons.start_vpnd(lab, lab.dir / "vpnd.toml")
     wait_until("both tunnels up", lambda: both_established(lab), 60 * slow)
     wait_until("route on tunnel 1", lambda: active_interface(lab) == ifs[0], 30 * slow)
-    pinger = Pinger(lab, duration=60 * slow)
+    pinger = Pinger(lab, duration=120 * slow)
+    streams = Streams(lab, duration=120 * slow)
     time.sleep(1.0)
-    faults.random_phase(opts.interval)      # uniform phase against the probe schedule
+    faults.random_phase(phase_span(opts))   # uniform phase against both probe schedules
     inject(lab, fault, opts.backend)
     fault_wall = time.time()        # the fault is in place (one nft transaction) from here
-    wait_until("failover", lambda: active_interface(lab) == ifs[1], 30 * slow, interval=0.002)
+    wait_until("failover", lambda: active_interface(lab) == ifs[1], resume_cap(opts) + 20 * slow,
+               interval=0.002)
+    both_ways(lab, opts, pinger, streams, time.time())
     time.sleep(0.5 * slow)
     report = pinger.stop()
+    streams_report = streams.stop()
     switch = [e for e in events(lab, "connection.active_changed") if e.get("active") == "tunnel2"][-1]
     routed = [e for e in events(lab, "routes.switched") if e.get("active") == "tunnel2"][-1]
     # vpnd logs the decision once the routes have moved (traffic first): take their time off
     decided = datetime.fromisoformat(switch["timestamp"].replace("Z", "+00:00")).timestamp() \
         - routed["reaction_ms"] / 1000
-    return {"outage_ms": report.outage_ms, "detection_ms": round((decided - fault_wall) * 1000, 1),
-            "reaction_ms": routed["reaction_ms"], "pings_sent": report.sent,
-            "pings_received": report.received, "reason": switch.get("reason")}
+    return {**figures(report, streams_report, lab, fault_wall),
+            "detection_ms": round((decided - fault_wall) * 1000, 1),
+            "reaction_ms": routed["reaction_ms"], "reason": switch.get("reason")}
 
 
 def measure_policy(lab: Lab, opts: scenario.Options, fault: str) -> dict:
@@ -129,7 +186,8 @@ def measure_policy(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     wait_until("both tunnels up", lambda: both_established(lab), 60 * slow)
     wait_until("tunnel 1 asserted", lambda: any(e.get("active") == "tunnel1"
                                                 for e in events(lab, "policy.switched")), 30 * slow)
-    pinger = Pinger(lab, duration=60 * slow)
+    pinger = Pinger(lab, duration=120 * slow)
+    streams = Streams(lab, duration=120 * slow)
     time.sleep(1.0)
     faults.random_phase(opts.interval)
     if fault == "blackhole":
@@ -138,15 +196,18 @@ def measure_policy(lab: Lab, opts: scenario.Options, fault: str) -> dict:
         faults.peer_unreachable(lab, 0)
     fault_wall = time.time()
     wait_until("failover", lambda: any(e.get("active") == "tunnel2" and e.get("op") == "replace_child"
-                                       for e in events(lab, "policy.switched")), 30 * slow, interval=0.005)
+                                       for e in events(lab, "policy.switched")), resume_cap(opts) + 20 * slow,
+               interval=0.005)
+    both_ways(lab, opts, pinger, streams, time.time())
     time.sleep(0.5 * slow)
     report = pinger.stop()
+    streams_report = streams.stop()
     switch = [e for e in events(lab, "connection.active_changed") if e.get("active") == "tunnel2"][-1]
     done = [e for e in events(lab, "policy.switched") if e.get("active") == "tunnel2"][-1]
     decided = datetime.fromisoformat(switch["timestamp"].replace("Z", "+00:00")).timestamp()
-    return {"outage_ms": report.outage_ms, "detection_ms": round((decided - fault_wall) * 1000, 1),
-            "reaction_ms": done.get("total_ms"), "pings_sent": report.sent,
-            "pings_received": report.received, "reason": switch.get("reason")}
+    return {**figures(report, streams_report, lab, fault_wall),
+            "detection_ms": round((decided - fault_wall) * 1000, 1),
+            "reaction_ms": done.get("total_ms"), "reason": switch.get("reason")}
 
 
 def vpc_device(lab: Lab) -> str | None:
@@ -162,21 +223,31 @@ def measure_bgp(lab: Lab, opts: scenario.Options, fault: str) -> dict:
     wait_until("both tunnels up", lambda: both_established(lab), 60)
     wait_until("both BGP sessions", lambda: len(frr.established_peers(lab, "cgw")) == 2, 180, interval=0.1)
     wait_until("BGP route on tunnel 1", lambda: vpc_device(lab) == "vxlan1", 30)
-    pinger = Pinger(lab, duration=120)
+    pinger = Pinger(lab, duration=180)
+    streams = Streams(lab, duration=180)
     time.sleep(1.0)
     faults.random_phase(opts.interval)      # uniform phase against the probe schedule
     inject(lab, fault, opts.backend)
     fault_wall = time.time()
-    wait_until("failover", lambda: vpc_device(lab) == "vxlan2", 90, interval=0.002)
-    routed_wall = time.time()
+    failed_over = True
+    try:
+        wait_until("failover", lambda: vpc_device(lab) == "vxlan2", 90, interval=0.002)
+        routed_wall = time.time()
+        both_ways(lab, opts, pinger, streams, routed_wall)
+    except LabError as err:         # an outage that does not end: report it, capped
+        print(f"bench: {err}: the outage is capped here", flush=True)
+        failed_over, routed_wall = False, time.time()
     time.sleep(0.5)
     report = pinger.stop()
+    streams_report = streams.stop()
     stamps = [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
               for e in events(lab, "connection.active_changed") if e.get("active") == "tunnel2"]
     decided = min((t for t in stamps if t >= fault_wall), default=routed_wall)
-    return {"outage_ms": report.outage_ms, "detection_ms": round((decided - fault_wall) * 1000, 1),
-            "reaction_ms": round((routed_wall - decided) * 1000, 1), "pings_sent": report.sent,
-            "pings_received": report.received}
+    neighbors = [(e.get("tunnel"), e.get("enabled")) for e in events(lab, "bgp.neighbor_set")]
+    return {**figures(report, streams_report, lab, fault_wall), "failed_over": failed_over,
+            "detection_ms": round((decided - fault_wall) * 1000, 1) if failed_over else None,
+            "reaction_ms": round((routed_wall - decided) * 1000, 1) if failed_over else None,
+            "neighbors_set": neighbors}
 
 
 def metric_routes(lab: Lab, prefix: str) -> dict[int, str]:
@@ -299,16 +370,30 @@ def one_run(opts: scenario.Options, *, fault: str, baseline: bool, baseline_faul
 
 
 def summarize(runs: list[dict], args: argparse.Namespace, opts: scenario.Options) -> dict:
-    med = {k: round(statistics.median(r[k] for r in runs), 2) for k in ("outage_ms", "detection_ms", "reaction_ms")}
+    def median(key: str) -> float | None:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return round(statistics.median(values), 2) if values else None
+
+    keys = ("outage_ms", "detection_ms", "reaction_ms", "outage_lan_to_vpc_ms", "outage_vpc_to_lan_ms",
+            "cloud_moved_ms")
+    med = {k: median(k) for k in keys}
     out = {"backend": opts.backend, "runs": len(runs), "fault": args.fault, **med,
            "max_outage_ms": max(r["outage_ms"] for r in runs),
+           "max_outage_lan_to_vpc_ms": max((r["outage_lan_to_vpc_ms"] for r in runs
+                                            if r.get("outage_lan_to_vpc_ms") is not None), default=None),
+           "max_outage_vpc_to_lan_ms": max((r["outage_vpc_to_lan_ms"] for r in runs
+                                            if r.get("outage_vpc_to_lan_ms") is not None), default=None),
            "probe_interval_s": opts.interval, "probe_timeout_s": opts.timeout or opts.interval,
-           "probe_retries": opts.retries}
+           "probe_retries": opts.retries, "cloud_model": opts.cloud_model,
+           "failed_over": all(r.get("failed_over", True) for r in runs),
+           "cloud_check": list(opts.cloud_check) if opts.cloud_check and opts.routing != "bgp" else None,
+           "cloud_dpd_timeout_s": scenario.cloud_dpd_timeout(opts),
+           "cloud_budget_ms": cloud_budget_ms(opts, args.fault)}
     if opts.routing == "policy":
         out["mode"] = "policy"
     if opts.routing == "bgp":
         out.update({"mode": "bgp", "bgp_timers": list(opts.bgp_timers), "bfd_ms": opts.bfd_ms,
-                    "probes_switch": opts.switch_route})
+                    "probes_switch": opts.switch_route, "probe_peer": opts.probe_peer})
     base = [r for r in runs if "baseline_outage_ms" in r]
     if base:
         out.update({
@@ -323,13 +408,28 @@ def summarize(runs: list[dict], args: argparse.Namespace, opts: scenario.Options
     return out
 
 
+def cloud_budget_ms(opts: scenario.Options, fault: str) -> float | None:
+    """The cloud's own detection budget for this run's fault (cloud_model.budget_ms)."""
+    check = None
+    if opts.cloud_check is not None:
+        check = cloud_model.CloudCheck("", "", interval=opts.cloud_check[0], retries=opts.cloud_check[1],
+                                       switch_route=opts.cloud_switch_route)
+    return cloud_model.budget_ms(opts.routing, opts.cloud_model, check, fault=fault,
+                                 hold=opts.bgp_timers[1] if opts.routing == "bgp" else None,
+                                 dpd_delay=opts.cloud_dpd_delay or opts.dpd_delay,
+                                 dpd_timeout=scenario.cloud_dpd_timeout(opts) or 3.0)
+
+
 def run_in_vm(args: argparse.Namespace) -> int:
     """The same benchmark inside a guest on Debian's kernel (native backend there); the last
     line is the guest's JSON with backend "vm"."""
     from vpnd.lab import vm
 
     argv = ["python", "bench/failover.py", "--backend", "native", "--runs", str(args.runs),
-            "--retries", str(args.retries), "--fault", args.fault, "--mode", args.mode]
+            "--retries", str(args.retries), "--fault", args.fault, "--mode", args.mode,
+            "--cloud-model", args.cloud_model, "--cloud-check", args.cloud_check]
+    if args.cloud_dpd_timeout is not None:
+        argv += ["--cloud-dpd-timeout", str(args.cloud_dpd_timeout)]
     if args.interval is not None:
         argv += ["--interval", str(args.interval)]
     if args.timeout is not None:
@@ -369,7 +469,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bfd-ms", type=int, default=None, help="bgp: BFD tx/rx interval (x3)")
     ap.add_argument("--timers", default="1,3", help="bgp: keepalive,hold (vendor: 10,30)")
     ap.add_argument("--plain", action="store_true", help="bgp: probes report only; BGP/BFD decide")
+    ap.add_argument("--probe-peer", action="store_true",
+                    help="bgp: each tunnel probes the cloud's BGP address (answers on its own tunnel)")
+    ap.add_argument("--cloud-model", default="vendor", choices=list(cloud_model.MODELS),
+                    help="vendor: the cloud chooses its own sending tunnel; per-flow: it answers on "
+                         "the tunnel each packet arrived on (the lab's original)")
+    ap.add_argument("--cloud-check", default="1,3",
+                    help="vendor, route modes: the cloud's health check INTERVAL,RETRIES, or off")
+    ap.add_argument("--cloud-dpd-timeout", type=float, default=None,
+                    help="vendor: the cloud's DPD timeout (s); default 30 (seed 000)")
     args = ap.parse_args(argv)
+    if args.cloud_check != "off":
+        try:
+            i, r = args.cloud_check.split(",")
+            args.cloud_check_parsed = (float(i), int(r))
+        except ValueError:
+            ap.error(f"--cloud-check {args.cloud_check!r}: INTERVAL,RETRIES (e.g. 3,3) or off")
+    else:
+        args.cloud_check_parsed = None
     if args.mode == "bgp" and args.baseline:
         ap.error("--mode bgp: the baseline is its own run: --plain --timers 10,30")
     if args.mode == "policy" and args.baseline:
@@ -381,13 +498,19 @@ def options(args: argparse.Namespace, backend: str) -> scenario.Options:
     base = scenario.default_options(backend, "route")
     opts = scenario.Options(backend=backend, interval=args.interval or base.interval,
                             timeout=args.timeout if args.timeout is not None else base.timeout,
-                            retries=args.retries, preempt_delay=30.0, dpd_delay=10)
+                            retries=args.retries, preempt_delay=30.0, dpd_delay=10,
+                            cloud_model=args.cloud_model, cloud_check=args.cloud_check_parsed,
+                            cloud_dpd_timeout=args.cloud_dpd_timeout)
     if args.mode == "policy":
         opts = replace(opts, routing="policy")
+        if backend == "libipsec" and opts.cloud_model == "vendor":
+            # the libipsec policy lab's cloud sends by charon's newest CHILD SA (docs/lab.md)
+            print("bench: --mode policy on libipsec: the cloud model is per-flow there", flush=True)
+            opts = replace(opts, cloud_model="per-flow")
     if args.mode == "bgp":
         timers = tuple(int(x) for x in args.timers.split(","))
         opts = replace(opts, routing="bgp", frr_by_vpnd=True, bgp_timers=timers, bfd_ms=args.bfd_ms,
-                       switch_route=not args.plain)
+                       switch_route=not args.plain, probe_peer=args.probe_peer)
     return opts
 
 
@@ -405,8 +528,13 @@ def main(argv: list[str] | None = None) -> int:
         r = one_run(opts, fault=args.fault, baseline=args.baseline and i < args.baseline_runs,
                     baseline_fault=args.baseline_fault, cap=args.baseline_cap)
         runs.append(r)
-        line = (f"run {i + 1}: outage {r['outage_ms']:.0f} ms, detection {r['detection_ms']:.0f} ms, "
-                f"reaction {r['reaction_ms']:.2f} ms ({r['pings_received']}/{r['pings_sent']} pings)")
+        def ms(key: str, fmt: str = ".0f") -> str:
+            return "-" if r.get(key) is None else format(r[key], fmt)
+        line = (f"run {i + 1}: round trip {ms('outage_ms')} ms (LAN->VPC {ms('outage_lan_to_vpc_ms')}, "
+                f"VPC->LAN {ms('outage_vpc_to_lan_ms')}), detection {ms('detection_ms')} ms, "
+                f"reaction {ms('reaction_ms', '.2f')} ms, cloud moved {ms('cloud_moved_ms')} ms "
+                f"({r['pings_received']}/{r['pings_sent']} pings)"
+                + ("" if r.get("failed_over", True) else f"; NO FAILOVER (vpnd set neighbors {r.get('neighbors_set')})"))
         if "baseline_outage_ms" in r:
             line += (f"; vendor procedure: outage {r['baseline_outage_ms']:.0f} ms, DPD + updown "
                      f"{r['baseline_detection_ms']:.0f} ms{' (capped)' if r['baseline_capped'] else ''}")

@@ -67,3 +67,24 @@ def test_policy_mode_is_a_mode_of_its_own(bench):
     assert out["mode"] == "policy" and out["reaction_ms"] == 11.0
     with pytest.raises(SystemExit):
         bench.parse_args(["--mode", "policy", "--baseline"])
+
+
+def test_last_line_has_round_trip_per_direction_and_the_clouds_budget(bench):
+    """issue 13: outage_ms is the round trip; each direction and the cloud's budget beside it."""
+    args = bench.parse_args(["--runs", "2", "--cloud-check", "1,3"])
+    opts = bench.options(args, "libipsec")
+    assert opts.cloud_model == "vendor" and opts.cloud_check == (1.0, 3)
+    runs = [{"outage_ms": 3400.0, "detection_ms": 3300.0, "reaction_ms": 2.0, "outage_lan_to_vpc_ms": 3300.0,
+             "outage_vpc_to_lan_ms": 3200.0, "cloud_moved_ms": 3100.0},
+            {"outage_ms": 3600.0, "detection_ms": 3500.0, "reaction_ms": 1.0, "outage_lan_to_vpc_ms": 3500.0,
+             "outage_vpc_to_lan_ms": 3400.0, "cloud_moved_ms": None}]
+    out = bench.summarize(runs, args, opts)
+    assert out["outage_ms"] == 3500.0 and out["outage_lan_to_vpc_ms"] == 3400.0
+    assert out["outage_vpc_to_lan_ms"] == 3300.0 and out["cloud_moved_ms"] == 3100.0
+    assert out["cloud_budget_ms"] == 3000.0 and out["cloud_model"] == "vendor"
+    bgp = bench.parse_args(["--mode", "bgp", "--timers", "10,30"])
+    assert bench.summarize(runs, bgp, bench.options(bgp, "libipsec"))["cloud_budget_ms"] == 30000.0
+    flow = bench.parse_args(["--cloud-model", "per-flow"])
+    assert bench.summarize(runs, flow, bench.options(flow, "libipsec"))["cloud_budget_ms"] == 0.0
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cloud-check", "fast"])

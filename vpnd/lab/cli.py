@@ -16,6 +16,7 @@ from typing import Any
 
 from vpnd.lab import daemons, faults, scenario
 from vpnd.lab.pinger import Pinger
+from vpnd.lab.streams import Streams
 from vpnd.lab.topology import Lab, LabError, sh
 
 
@@ -206,14 +207,24 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     def say(msg: str) -> None:
         print(msg, file=out, flush=True)
 
+    from dataclasses import replace
+
+    from vpnd.lab import cloud_model
+
     ifs = [scenario.tunnel_ifname(backend, i) for i in range(2)]
-    opts = scenario.default_options(backend, routing)
     slow = 5.0 if scenario.emulated() else 1.0
+    # the vendor's cloud (docs/lab.md), its health check as in issue 13's measurement: 1 s x 3
+    opts = replace(scenario.default_options(backend, routing), cloud_model="vendor",
+                   cloud_check=(2.0 if scenario.emulated() else 1.0, 3))
+    budget = cloud_model.budget_ms(routing, opts.cloud_model, cloud_model.CloudCheck(
+        "", "", interval=opts.cloud_check[0], retries=opts.cloud_check[1]))
     say(f"== 1. building the lab ({backend} backend): cgw, cloud (two IPsec addresses), lan, vpc")
     t0 = time.monotonic()
     scenario.up(lab, opts)
     say(f"   namespaces and two real charons up in {time.monotonic() - t0:.1f} s; "
         f"the cloud side loaded from `vpnd render peer` of the same TOML")
+    say(f"   the cloud is the vendor's: it sends on tunnel 1 until its own health check "
+        f"({opts.cloud_check[0]:g} s x {opts.cloud_check[1]}, budget {budget:.0f} ms) fails there")
     say("== 2. starting vpnd in cgw: it loads charon over VICI, probes each tunnel, owns the routes")
     daemons.start_vpnd(lab, lab.dir / "vpnd.toml")
     took = wait_until("both tunnels ESTABLISHED with CHILD SAs INSTALLED", lambda: both_established(lab), 60 * slow)
@@ -223,17 +234,26 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     say(f"== 3. pinging {lab.plan.vpc_host} from lan every 10 ms; black-holing tunnel 1's data path "
         "(IKE stays up: DPD alone would never notice)")
     pinger = Pinger(lab, duration=120)
+    streams = Streams(lab, duration=120)
     wait_until("pings flowing", lambda: True, 1)
     time.sleep(1.0)         # a second of clean traffic before the fault, for the record
     faults.random_phase(opts.interval)      # at a random point of the probe schedule
     faults.blackhole(lab, 0, backend)
+    fault_wall = time.time()
     failover_s = wait_until(f"traffic moved to tunnel 2 ({ifs[1]})", lambda: active_interface(lab) == ifs[1], 30 * slow,
                             interval=0.005)
     say(f"   vpnd moved the route to tunnel 2 after {failover_s * 1000:.0f} ms "
         f"(probes every {opts.interval * 1000:.0f} ms, {opts.retries} retries)")
+    moved = [e for e in cloud_model.events(lab, "cloud.sending") if e["t"] >= fault_wall and e["tunnel"] == 1]
+    cloud_ms = round((moved[0]["t"] - fault_wall) * 1000, 1) if moved else None
+    if cloud_ms is not None:
+        say(f"   the cloud moved its sending tunnel to tunnel 2 after {cloud_ms:.0f} ms ({moved[0]['reason']})")
+    wait_until("traffic both ways again", lambda: streams.flowing_since(time.time() - 0.1), 30 * slow)
     time.sleep(1.0)
     report = pinger.stop()
-    say(f"   LAN->VPC during the failover: {report.line()}")
+    one_way = streams.stop()
+    say(f"   round trip (LAN pings) during the failover: {report.line()}")
+    say(f"   one way: {one_way.line()}; the cloud's budget {budget:.0f} ms")
     print_status(lab, out)
     show_vpnd_status(lab, say)
     say(f"== 4. repairing tunnel 1; vpnd moves back after it has been healthy for {opts.preempt_delay:.0f} s")
@@ -256,7 +276,10 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
             f"{recreated_s * 1000:.0f} ms after the delete")
         print_status(lab, out)
     return {"backend": backend, "failover_ms": round(failover_s * 1000, 1),
-            "outage_ms": report.outage_ms, "sent": report.sent, "received": report.received,
+            "outage_ms": report.outage_ms, "outage_lan_to_vpc_ms": one_way.lan_to_vpc.outage_ms,
+            "outage_vpc_to_lan_ms": one_way.vpc_to_lan.outage_ms, "cloud_moved_ms": cloud_ms,
+            "cloud_budget_ms": budget, "cloud_model": opts.cloud_model,
+            "sent": report.sent, "received": report.received,
             "failback_s": round(back_s, 2), "failback_outage_ms": report2.outage_ms,
             "interface_recreated_ms": None if recreated_s is None else round(recreated_s * 1000, 1)}
 

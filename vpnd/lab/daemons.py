@@ -21,17 +21,21 @@ from vpnd.lab.topology import Lab, LabError, cmdline
 CHARON = "/usr/lib/ipsec/charon"
 
 
-def strongswan_conf(vici: Path, *, libipsec: bool, log: Path, fast_retransmits: bool = True) -> str:
+def strongswan_conf(vici: Path, *, libipsec: bool, log: Path, fast_retransmits: bool = True,
+                    retransmit: tuple[float, int] | None = None) -> str:
     """libipsec: userspace ESP over TUN (no kernel ESP here). Otherwise kernel-netlink, with
     routes left to vpnd (install_routes = no) as on a real gateway with XFRM interfaces.
     Fast retransmits (1 s, 2 tries) keep lab failures quick; under emulation they would give
-    up on a slow but live peer, so charon's defaults are kept there."""
+    up on a slow but live peer, so charon's defaults are kept there. `retransmit` (timeout,
+    tries; base 1) sets them explicitly: the vendor-model cloud's DPD timeout (cloud_model)."""
     plugins = ("  kernel-libipsec {\n   load = 20\n  }\n" if libipsec
                else "  kernel-libipsec {\n   load = no\n  }\n")
     return (
         "charon {\n load_modular = yes\n"
         f" install_routes = {'yes' if libipsec else 'no'}\n"
-        + (" retransmit_timeout = 1.0\n retransmit_tries = 2\n retransmit_base = 1.0\n"
+        + (f" retransmit_timeout = {retransmit[0]}\n retransmit_tries = {retransmit[1]}\n retransmit_base = 1.0\n"
+           if retransmit else
+           " retransmit_timeout = 1.0\n retransmit_tries = 2\n retransmit_base = 1.0\n"
            if fast_retransmits else "") +
         " plugins {\n  include /etc/strongswan.d/charon/*.conf\n" + plugins +
         f"  vici {{\n   socket = unix://{vici}\n  }}\n }}\n"
@@ -44,7 +48,7 @@ def vici_path(lab: Lab, role: str) -> Path:
 
 
 def start_charon(lab: Lab, role: str, *, libipsec: bool, timeout: float = 20.0,
-                 fast_retransmits: bool | None = None) -> int:
+                 fast_retransmits: bool | None = None, retransmit: tuple[float, int] | None = None) -> int:
     """`fast_retransmits=None`: fast outside emulation (see strongswan_conf); False gives
     charon's default schedule, as the vendor procedure runs it (bench/failover.py --baseline)."""
     work = lab.dir / f"charon-{role}"
@@ -57,7 +61,7 @@ def start_charon(lab: Lab, role: str, *, libipsec: bool, timeout: float = 20.0,
     if fast_retransmits is None:
         fast_retransmits = os.environ.get("VPND_LAB_EMULATED") != "1"
     conf.write_text(strongswan_conf(sock, libipsec=libipsec, log=lab.dir / f"charon-{role}.log",
-                                    fast_retransmits=fast_retransmits))
+                                    fast_retransmits=fast_retransmits, retransmit=retransmit))
     out = open(lab.dir / f"charon-{role}.out", "ab")
     proc = subprocess.Popen(
         ["ip", "netns", "exec", lab.ns(role), "unshare", "-m", "--propagation", "private", "sh", "-c",

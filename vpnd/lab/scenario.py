@@ -23,7 +23,9 @@ Backends:
 
 The cloud returns traffic on the tunnel its latest packet arrived on (every packet from a
 tunnel re-marks its conntrack entry; the mark picks a per-tunnel table): vpnd probes each
-tunnel separately, and when vpnd moves a flow the cloud's answers follow it.
+tunnel separately, and when vpnd moves a flow the cloud's answers follow it. That is the
+`per-flow` cloud model; `cloud_model = "vendor"` (vpnd/lab/cloud_model.py) turns it into the
+vendor's cloud, which sends on the tunnel of its own choice.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ class Options:
     bfd_ms: int | None = None          # bgp: BFD on both sides with this tx/rx interval (x3)
     standby: str = "prepend"           # bgp: prepend | ecmp
     switch_route: bool = True          # False: probes only report (bgp: BGP timers/BFD decide)
+    # The simulated cloud (vpnd/lab/cloud_model.py): "per-flow" answers on the tunnel a flow
+    # arrived on; "vendor" sends on the tunnel of its own choice (health check, DPD, BGP).
+    probe_peer: bool = False           # bgp: each tunnel probes the cloud's BGP address over itself
+    cloud_model: str = "per-flow"
+    cloud_check: tuple[float, int] | None = None  # vendor: its health check (interval s, retries); None: off
+    cloud_check_source: str | None = None         # default: the cloud's VPC address
+    cloud_check_destination: str | None = None    # default: cgw's LAN address
+    cloud_switch_route: bool = True
+    cloud_dpd_delay: int | None = None            # default: dpd_delay
+    cloud_dpd_timeout: float | None = None        # default: 30 s (vendor), the lab's ~3 s (per-flow)
 
 
 def emulated() -> bool:
@@ -107,6 +119,8 @@ def write_config(lab: Lab, opts: Options) -> Path:
         if opts.routing == "bgp":
             inner_ours, inner_theirs = p.inner[i]
             net = inner_ours.rsplit(".", 1)[0] + ".0/30"
+            if opts.probe_peer:     # replies from the cloud's own tunnel address: its own tunnel
+                t += [f'probe_source = "{inner_ours}"', f'probe_destination = "{inner_theirs}"']
             t += ["[connection.tunnel.bgp]", f'tunnel_cidr = "{net}"', f'local_ip = "{inner_ours}"',
                   f'peer_ip = "{inner_theirs}"']
         tunnels.append("\n".join(t))
@@ -269,6 +283,8 @@ def load_cloud(lab: Lab, config: Config, opts: Options) -> None:
     from vpnd.render import peer
 
     conn = config.connections[0]
+    if opts.cloud_dpd_delay is not None:
+        conn = replace(conn, dpd_delay=opts.cloud_dpd_delay)
     if opts.cloud_psk or opts.cloud_esp:
         from vpnd.config.model import Secret
         tunnels = tuple(replace(t, psk=Secret(opts.cloud_psk[i])) if opts.cloud_psk else t
@@ -295,16 +311,63 @@ def nft(lab: Lab, role: str, ruleset: str) -> None:
 def up(lab: Lab, opts: Options) -> Config:
     """Namespaces, charons, overlays and the cloud side (FRR too in bgp routing); vpnd itself
     is started separately."""
+    from vpnd.lab import cloud_model
+
+    if opts.cloud_model not in cloud_model.MODELS:
+        raise LabError(f"cloud_model = {opts.cloud_model!r}: must be one of {', '.join(cloud_model.MODELS)}")
+    if opts.cloud_model == "vendor" and opts.routing == "policy" and opts.backend == "libipsec":
+        raise LabError("cloud_model = \"vendor\" needs a route-based cloud; in the libipsec policy "
+                       "lab charon's newest CHILD SA carries (use the per-flow model or the native backend)")
     lab.build()
     path = write_config(lab, opts)
     config = load_file(path)
-    for role in ("cgw", "cloud"):
-        daemons.start_charon(lab, role, libipsec=opts.backend == "libipsec")
+    daemons.start_charon(lab, "cgw", libipsec=opts.backend == "libipsec")
+    daemons.start_charon(lab, "cloud", libipsec=opts.backend == "libipsec",
+                         retransmit=cloud_retransmit(opts))
     build_overlay(lab, config, opts)
     load_cloud(lab, config, opts)
     if opts.routing == "bgp":
         start_bgp(lab, config, cgw=not opts.frr_by_vpnd)
+    cloud_model.setup(lab, cloud_settings(lab, config, opts))
     return config
+
+
+def cloud_dpd_timeout(opts: Options) -> float | None:
+    """The cloud's DPD timeout in s (None: the lab's fast retransmits, about 3 s)."""
+    if opts.cloud_dpd_timeout is not None:
+        return opts.cloud_dpd_timeout
+    from vpnd.lab import cloud_model
+    return cloud_model.VENDOR_DPD_TIMEOUT if opts.cloud_model == "vendor" else None
+
+
+def cloud_retransmit(opts: Options) -> tuple[float, int] | None:
+    """charon gives a DPD exchange up after about timeout x (tries + 1) with base 1: two
+    retransmits of a third of the DPD timeout each."""
+    t = cloud_dpd_timeout(opts)
+    return None if t is None else (round(t / 3, 3), 2)
+
+
+def cloud_settings(lab: Lab, config: Config, opts: Options):
+    """What the vendor-model controller needs, from the plan, the TOML and the options."""
+    from vpnd.lab import cloud_model
+    from vpnd.render.peer import peer_conn_name
+
+    p = lab.plan
+    conn = config.connections[0]
+    native = opts.backend != "libipsec"
+    check = None
+    if opts.cloud_check is not None and opts.routing != "bgp":
+        check = cloud_model.CloudCheck(
+            source=opts.cloud_check_source or p.cloud_vpc,
+            destination=opts.cloud_check_destination or p.cgw_lan,
+            interval=float(opts.cloud_check[0]), retries=int(opts.cloud_check[1]),
+            switch_route=opts.cloud_switch_route)
+    return cloud_model.Settings(
+        model=opts.cloud_model, routing=opts.routing, lan_net=p.lan_net,
+        devices=tuple(f"cloud{i}" if native else f"vxlan{i + 1}" for i in range(2)),
+        vias=tuple(None if native else p.inner[i][0] for i in range(2)),
+        conns=tuple(peer_conn_name(conn.name, t.name) for t in conn.tunnels),
+        vici=str(daemons.vici_path(lab, "cloud")), check=check)
 
 
 def start_bgp(lab: Lab, config: Config, *, cgw: bool = True) -> None:
