@@ -337,3 +337,14 @@ async def test_real_bgpd_failover_failback_restart_and_stop(frr):
         assert "network 172.16.0.0/17" not in text and all(line in text for line in TO_T2)
     finally:
         await a.stop()
+
+
+def test_render_frr_says_what_a_failover_adds():
+    from vpnd.render.command import render
+
+    text = render("frr", config())
+    assert text.endswith(
+        '! vpc1: return_path = "more-specific": while tunnel2 is active, vpnd adds to address-family '
+        "ipv4 unicast\n! (announced to that tunnel's neighbor only; withdrawn on failback):\n"
+        "!  network 172.16.0.0/17\n!  network 172.16.128.0/17\n")
+    assert "return_path" not in render("frr", config(return_path="none"))

@@ -201,6 +201,22 @@ def return_networks(config: Config, active: Mapping[str, str | None] | None) -> 
     return out
 
 
+def return_path_notes(config: Config) -> str:
+    """`!` comment lines for `vpnd render frr`: what a failover adds (the halves are not in
+    the steady-state rendering), so the printed config says all vpnd will do."""
+    out: list[str] = []
+    for c in bgp_connections(config):
+        if not returns(c):
+            continue
+        others = ", ".join(t.name for t in c.tunnels[1:])
+        out.append(f"! {c.name}: return_path = \"more-specific\": while {others} is active, vpnd adds "
+                   "to address-family ipv4 unicast")
+        out.append("! (announced to that tunnel's neighbor only; withdrawn on failback):")
+        halves = more_specifics(c)
+        out += [f"!  network {n}" for n in halves] or ["!  nothing: every network is a /32"]
+    return "".join(line + "\n" for line in out)
+
+
 def standby_prefix_list(conn: ConnectionConfig) -> list[str]:
     """`ip prefix-list` lines the standby out route-map matches: deny the more-specifics,
     permit the rest (the catch-all at the highest sequence number, so it is always last)."""
