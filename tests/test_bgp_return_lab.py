@@ -16,6 +16,7 @@ import pytest
 from lab_fixtures import bgp_lab
 from vpnd.lab import faults, frr
 from vpnd.lab.cli import wait_until
+from vpnd.lab.pinger import Pinger
 
 pytestmark = pytest.mark.lab
 
@@ -46,14 +47,25 @@ def cloud_established(lab) -> set[str]:
     return frr.established_peers(lab.lab, "cloud")
 
 
-def test_cloud_returns_via_tunnel_2_before_its_hold_timer(make_lab):
-    lab = bgp_lab(make_lab, bgp_timers=(10, 30))
+@pytest.mark.parametrize("cloud", ["per-flow", "vendor"])
+def test_cloud_returns_via_tunnel_2_before_its_hold_timer(make_lab, cloud):
+    """per-flow: the lab's original cloud; vendor: the cloud sends by its BGP best path
+    (vpnd/lab/cloud_model.py), so the LAN's round trip shows the return path too. There each
+    tunnel probes the cloud's own BGP address (it answers over that tunnel), or the standby's
+    probe replies would follow the cloud's best path into the dead tunnel 1."""
+    vendor = cloud == "vendor"
+    lab = bgp_lab(make_lab, bgp_timers=(10, 30), cloud_model=cloud, probe_peer=vendor)
     wait_until("the cloud has both our sessions", lambda: cloud_established(lab) == {OURS_T1, OURS_T2},
                40, interval=0.1)
     lan = lab.lab.plan.lan_net
     assert all(cloud_paths(lab, h) == set() for h in HALVES), "steady state: no more-specific anywhere"
     assert cloud_selected(lab, lan) == {OURS_T1}, "tunnel 2's announcement is prepended"
 
+    pinger = None
+    if vendor:
+        pinger = Pinger(lab.lab, duration=60)
+        wait_until("LAN->VPC answers", lambda: lab.lab.exec(
+            "lan", "ping", "-c", "1", "-W", "1", lab.lab.plan.vpc_host, check=False).returncode == 0, 10)
     t0 = time.monotonic()
     faults.blackhole(lab.lab, 0, "libipsec")
     moved = lab.wait_event("bgp.return_path", timeout=10)
@@ -67,7 +79,13 @@ def test_cloud_returns_via_tunnel_2_before_its_hold_timer(make_lab):
     assert OURS_T1 in cloud_established(lab), "the cloud's hold timer has not expired"
     assert OURS_T1 in cloud_paths(lab, lan), "the cloud still holds tunnel 1's stale path"
     assert all(cloud_paths(lab, h) == {OURS_T2} for h in HALVES), "tunnel 1 never carries a half"
-    print(f"bgp return path: vpnd switched {(t_switch - t0) * 1000:.0f} ms after the fault, the "
+    if pinger is not None:
+        time.sleep(1.0)         # answers again, so the outage has an end
+        report = pinger.stop()
+        print(f"bgp return path, vendor cloud: LAN round trip {report.line()}")
+        assert report.received > 0 and report.outage_ms < 10_000, "not the hold timer's 30 s"
+        assert OURS_T1 in cloud_established(lab), "still before the cloud's hold timer"
+    print(f"bgp return path ({cloud} cloud): vpnd switched {(t_switch - t0) * 1000:.0f} ms after the fault, the "
           f"cloud selected tunnel 2 for the halves {(t_cloud - t_switch) * 1000:.0f} ms later "
           f"(push {moved['reaction_ms']} ms), tunnel 1 still Established at the cloud")
 
