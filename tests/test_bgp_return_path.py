@@ -348,3 +348,30 @@ def test_render_frr_says_what_a_failover_adds():
         "ipv4 unicast\n! (announced to that tunnel's neighbor only; withdrawn on failback):\n"
         "!  network 172.16.0.0/17\n!  network 172.16.128.0/17\n")
     assert "return_path" not in render("frr", config(return_path="none"))
+
+
+class _Stub:
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    async def withdraw_return_path(self, connection):
+        self.calls.append(connection)
+        return HALVES
+
+    async def stop(self):
+        self.calls.append("interfaces stopped")
+
+
+@pytest.mark.parametrize("withdraw", [False, True])
+async def test_stop_follows_withdraw_on_stop(withdraw):
+    """daemon.withdraw_on_stop: the halves go at stop (before the adapter stops); by default
+    they stay, as the routes do, and the next vpnd adopts them."""
+    from vpnd.steering.bgp import BgpSteering
+
+    s = BgpSteering.__new__(BgpSteering)
+    s.conn = config().connections[0]
+    stub = _Stub()
+    s.backend = type("B", (), {"adapter": stub})()
+    s.interfaces = stub
+    await s.stop(withdraw=withdraw)
+    assert stub.calls == (["vpc1", "interfaces stopped"] if withdraw else ["interfaces stopped"])

@@ -276,6 +276,11 @@ class BgpAdapter:
         conn = next((c for c in self.conns if c.name == connection), None)
         if conn is None:
             return []
+        # vpnd is stopping: no resync or push may re-announce them behind our back
+        for task in (self._task, self._push):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         running = await self.running()
         have = set(running.contexts.get((self.router, _AF), []))
         base = set(self._networks())
