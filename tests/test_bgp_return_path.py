@@ -375,3 +375,17 @@ async def test_stop_follows_withdraw_on_stop(withdraw):
     s.interfaces = stub
     await s.stop(withdraw=withdraw)
     assert stub.calls == (["vpc1", "interfaces stopped"] if withdraw else ["interfaces stopped"])
+
+
+def test_turning_the_return_path_off_withdraws_the_halves_before_the_filter_goes():
+    """A reload to return_path = "none" while tunnel 2 is active: `no network` first, then
+    the standby route-map's `no match` and the prefix-list, so tunnel 1 never sees a half."""
+    cmds = script(diff(adapter(config(return_path="none")).wanted(active={"vpc1": "tunnel2"}),
+                       running_tunnel2()))
+    assert cmds == [
+        R, "address-family ipv4 unicast", "no network 172.16.0.0/17", "no network 172.16.128.0/17",
+        "exit-address-family", "exit",
+        f"route-map {OUT} permit 1", f"no match ip address prefix-list {OUT}", "exit",
+        f"no ip prefix-list {OUT} seq 4294967295 permit any",
+        f"no ip prefix-list {OUT} seq 5 deny 172.16.0.0/17",
+        f"no ip prefix-list {OUT} seq 10 deny 172.16.128.0/17"]

@@ -168,8 +168,8 @@ def test_unwanted_owned_lines_get_no_and_others_stay():
     text = text.replace(" neighbor 169.254.10.1 timers 10 30\n",
                         " neighbor 169.254.10.1 timers 10 30\n neighbor 169.254.10.1 shutdown\n")
     assert diff(wanted(), parse_running(text)) == [
+        Change(AF, "no network 10.99.0.0/16"),          # withdrawals first (vpnd.frr.diff)
         Change((R,), f"no neighbor {T1} shutdown"),
-        Change(AF, "no network 10.99.0.0/16"),
         Change((), "no route-map vpnd-old-standby-in permit 1")]
 
 

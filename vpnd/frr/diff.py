@@ -16,9 +16,9 @@ vpnd owns the `router bgp` of its ASN (with its IPv4 unicast family), the route-
 lines it renders. Everything else in FRR (other daemons, the operator's prefix-lists) is left
 alone.
 
-Order, where it matters (the return path, vpnd.render.frr): an address family's `no network`
+Order, where it matters (the return path, vpnd.render.frr): the address family's `no network`
 lines come first and its new `network` lines last, so a more-specific is withdrawn before the
-route-maps that keep it off a neighbor move, and announced only after they moved; a
+route-maps and prefix-lists that keep it off a neighbor change, and announced only after; a
 prefix-list entry replaced at the same sequence number is removed before it is re-added
 (FRR's `no ip prefix-list N seq S ...` deletes sequence S whatever it now holds).
 
@@ -213,22 +213,22 @@ _PREFIX_SEQ = re.compile(r"^(?:no )?(ip prefix-list \S+ seq \d+) ")
 
 
 def _ordered(changes: list[Change]) -> list[Change]:
-    """The safe order (module docstring); everything else keeps its place."""
+    """The safe order (module docstring), stable otherwise: replaced prefix-list entries'
+    `no` and the address family's `no network` lines first, its new `network` lines last."""
     readded = {m.group(1) for c in changes if not c.command.startswith("no ")
                for m in [_PREFIX_SEQ.match(c.command)] if m}
 
-    def replaced(c: Change) -> bool:
-        m = _PREFIX_SEQ.match(c.command)
-        return bool(m) and c.command.startswith("no ") and m.group(1) in readded
-
-    out = [c for c in changes if replaced(c)] + [c for c in changes if not replaced(c)]
-    slots = [i for i, c in enumerate(out) if len(c.keys) == 2 and c.keys[1].startswith("address-family ")]
-
     def rank(c: Change) -> int:
-        return 0 if c.command.startswith("no network ") else 2 if c.command.startswith("network ") else 1
-    for i, c in zip(slots, sorted((out[i] for i in slots), key=rank)):
-        out[i] = c
-    return out
+        m = _PREFIX_SEQ.match(c.command)
+        if m and c.command.startswith("no ") and m.group(1) in readded:
+            return 0
+        if len(c.keys) == 2 and c.keys[1].startswith("address-family "):
+            if c.command.startswith("no network "):
+                return 1
+            if c.command.startswith("network "):
+                return 3
+        return 2
+    return sorted(changes, key=rank)
 
 
 def _of_dead_peer(command: str, dead: set[str]) -> bool:
