@@ -150,7 +150,8 @@ SWAP = [f"neighbor {T1} route-map vpnd-vpc1-standby-in in", f"neighbor {T1} rout
 
 
 async def test_set_active_moves_only_the_route_maps_then_soft_refreshes(frr):
-    a, _, _ = adapter(frr)
+    # return_path = "none": the route-maps alone (the more-specifics: test_bgp_return_path.py)
+    a, _, _ = adapter(frr, config(return_path="none"))
     try:
         await a.apply()
         sent = record(a)

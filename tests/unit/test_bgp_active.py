@@ -60,6 +60,8 @@ def test_swap_against_the_running_default_is_the_four_route_map_lines():
     assert swapped == [
         Change(AF, f"neighbor {T1} route-map {IN} in"), Change(AF, f"neighbor {T1} route-map {OUT} out"),
         Change(AF, f"neighbor {T2} route-map allow-all in"), Change(AF, f"neighbor {T2} route-map allow-all out"),
+        # the return path (tests/unit/test_bgp_return_path.py): after the route-maps moved
+        Change(AF, "network 172.16.0.0/17"), Change(AF, "network 172.16.128.0/17"),
     ]
     # the route-maps themselves stay: both kinds are always rendered
     assert not [c for c in swapped if c.keys[0].startswith("route-map")]
@@ -70,7 +72,7 @@ def test_wanted_combines_shutdown_and_assignment():
     enabled = {E.TunnelKey("vpc1", "tunnel1"): False, E.TunnelKey("vpc1", "tunnel2"): True}
     changes = diff(a.wanted(enabled, {"vpc1": "tunnel2"}), parse_running(RUNNING))
     assert Change(("router bgp 65530",), f"neighbor {T1} shutdown") in changes
-    assert len(changes) == 5
+    assert len(changes) == 7            # + the return path's two more-specifics
 
 
 def test_route_map_changes_between_assignments():

@@ -57,6 +57,10 @@ router bgp 65530
  exit-address-family
 exit
 !
+ip prefix-list vpnd-vpc1-standby-out seq 4294967295 permit any
+ip prefix-list vpnd-vpc1-standby-out seq 5 deny 172.16.0.0/17
+ip prefix-list vpnd-vpc1-standby-out seq 10 deny 172.16.128.0/17
+!
 route-map allow-all permit 1
 exit
 !
@@ -65,6 +69,7 @@ route-map vpnd-vpc1-standby-in permit 1
 exit
 !
 route-map vpnd-vpc1-standby-out permit 1
+ match ip address prefix-list vpnd-vpc1-standby-out
  set as-path prepend 65530 65530 65530
 exit
 !
@@ -163,8 +168,8 @@ def test_unwanted_owned_lines_get_no_and_others_stay():
     text = text.replace(" neighbor 169.254.10.1 timers 10 30\n",
                         " neighbor 169.254.10.1 timers 10 30\n neighbor 169.254.10.1 shutdown\n")
     assert diff(wanted(), parse_running(text)) == [
+        Change(AF, "no network 10.99.0.0/16"),          # withdrawals first (vpnd.frr.diff)
         Change((R,), f"no neighbor {T1} shutdown"),
-        Change(AF, "no network 10.99.0.0/16"),
         Change((), "no route-map vpnd-old-standby-in permit 1")]
 
 

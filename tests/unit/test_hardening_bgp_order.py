@@ -91,13 +91,16 @@ async def test_shutdown_wanted_before_the_first_apply_comes_after_remote_as():
         f"neighbor {T1} bfd profile vpnd-vpc1",
         f"neighbor {T2} remote-as 45104", f"neighbor {T2} timers 10 30",
         f"neighbor {T2} bfd profile vpnd-vpc1",
-        "address-family ipv4 unicast", "network 172.16.0.0/16",
+        "address-family ipv4 unicast",
         f"neighbor {T1} soft-reconfiguration inbound",
         f"neighbor {T1} route-map vpnd-vpc1-standby-in in",
         f"neighbor {T1} route-map vpnd-vpc1-standby-out out",
         f"neighbor {T2} soft-reconfiguration inbound",
         f"neighbor {T2} route-map allow-all in", f"neighbor {T2} route-map allow-all out",
-        "maximum-paths 32", "exit-address-family", "exit",
+        "maximum-paths 32",
+        # networks last, once the route-maps keep the halves (tunnel 2 active) off tunnel 1
+        "network 172.16.0.0/16", "network 172.16.0.0/17", "network 172.16.128.0/17",
+        "exit-address-family", "exit",
     ]
 
 

@@ -226,7 +226,9 @@ def test_frr_seed003_semantics():
     assert "neighbor 169.254.10.1 route-map allow-all out" in af.lines
     assert "neighbor 169.254.20.1 route-map vpnd-vco-standby-out out" in af.lines
     rm = next(c for c in cfg.contexts if c.keys == ("route-map vpnd-vco-standby-out permit 1",))
-    assert rm.lines == ("set as-path prepend 65530 65530 65530",)
+    # the return path: the standby announces no more-specific (tests/unit/test_bgp_return_path.py)
+    assert rm.lines == ("match ip address prefix-list vpnd-vco-standby-out",
+                        "set as-path prepend 65530 65530 65530")
 
 
 def test_frr_ecmp_bfd_networks_router_id():

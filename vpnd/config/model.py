@@ -18,6 +18,7 @@ IPv4Address = ipaddress.IPv4Address
 
 Routing = Literal["route", "policy", "bgp"]
 Standby = Literal["prepend", "ecmp"]
+ReturnPath = Literal["more-specific", "none"]
 BothDown = Literal["keep", "withdraw"]
 InterfaceKind = Literal["xfrm", "existing"]
 HealthKind = Literal["icmp", "tcp"]
@@ -148,6 +149,7 @@ class BgpConnectionConfig:
     maximum_paths: int = 32
     standby: Standby = "prepend"
     prepend_count: int = 3
+    return_path: ReturnPath = "more-specific"   # vpnd.render.frr: the cloud's way back
     router_id: IPv4Address | None = None        # None: tunnel 1's local BGP IP
     bfd: BfdConfig = field(default_factory=BfdConfig)
 

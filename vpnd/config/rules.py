@@ -154,6 +154,7 @@ HOLD_MIN_NONZERO, HOLD_MAX = 3, 65535            # RFC 4271: hold 0 or at least 
 MAXIMUM_PATHS_MIN, MAXIMUM_PATHS_MAX = 1, 64     # FRR's limit is a build option; 64 on Debian
 STANDBY = ("prepend", "ecmp")
 PREPEND_MIN, PREPEND_MAX = 1, 10
+RETURN_PATH = ("more-specific", "none")
 BFD_INTERVAL_MIN, BFD_INTERVAL_MAX = 10, 60000   # milliseconds (FRR bfdd)
 BFD_MULTIPLIER_MIN, BFD_MULTIPLIER_MAX = 2, 255
 

@@ -57,7 +57,7 @@ CLOUD_HEALTH_KEYS = ("source_ip", "destination_ip", "interval", "retries", "swit
 FAILOVER_KEYS = ("preempt", "preempt_delay", "hold_down", "max_switches_per_minute", "both_down")
 BGP_KEYS = (
     "local_asn", "peer_asn", "keepalive", "hold", "networks", "maximum_paths", "standby",
-    "prepend_count", "router_id", "bfd",
+    "prepend_count", "return_path", "router_id", "bfd",
 )
 BFD_KEYS = ("enabled", "receive_interval_ms", "transmit_interval_ms", "detect_multiplier")
 TUNNEL_KEYS = (
@@ -296,6 +296,8 @@ class SectionReader(Reader):
             standby=self.string(d, "standby", f"{p}.standby", df.standby, rules.STANDBY),
             prepend_count=self.integer(d, "prepend_count", f"{p}.prepend_count",
                                        df.prepend_count, rules.PREPEND_MIN, rules.PREPEND_MAX),
+            return_path=self.string(d, "return_path", f"{p}.return_path", df.return_path,
+                                    rules.RETURN_PATH),
             router_id=self.ipv4(d, "router_id", f"{p}.router_id", df.router_id),
             bfd=bfd,
         )

@@ -117,6 +117,13 @@ def render(status: dict[str, Any]) -> str:
                      "IKE/CHILD states below are last known, not current.")
     for name, c in status.get("connections", {}).items():
         lines += ["", f"{name} ({c['routing']} mode): {_headline(c)} -- {c['reason']}"]
+        rp = c.get("return_path")
+        if rp and rp.get("tunnel"):
+            how = (f"more-specifics {', '.join(rp['more_specifics'])}" if rp["by"] == "more-specific"
+                   else "AS-path prepend on the others")
+            lines.append(f"  cloud steered to {rp['tunnel']} ({how})")
+        elif rp:
+            lines.append(f"  cloud steered by its own choice ({rp['by']})")
         if c.get("next_decision"):
             lines.append(f"  next decision due {c['next_decision']} (preempt delay, hold-down or damping)")
         if c.get("cloud_health_check"):

@@ -190,6 +190,8 @@ class StatusBoard:
                 "tunnels": tunnels,
                 "cloud_health_check": cloud_check(conn),
             }
+            if conn.has_bgp:
+                connections[conn.name]["return_path"] = _return_path(conn, c["active"])
         return {
             "version": STATUS_VERSION,
             "daemon": {"pid": os.getpid(), "started": _iso(self._started_wall),
@@ -216,6 +218,21 @@ def _charon_json(gone: dict | None, wall: float) -> dict[str, Any]:
             "for_seconds": round(wall - since, 1) if since else None,
             "last_error": gone.get("last_error"), "retrying": gone.get("retrying", True),
             "failed_attempts": gone.get("failed_attempts")}
+
+
+def _return_path(conn: ConnectionConfig, active: str | None) -> dict[str, Any]:
+    """Which tunnel vpnd's announcements steer the cloud's traffic to, and with what (the
+    core's assignment as vpnd.render.frr renders it; FRR carries it out in the background)."""
+    from vpnd.render.frr import active_tunnel, more_specifics, returns, steered
+
+    if not steered(conn):
+        return {"tunnel": None, "by": "ecmp" if len(conn.tunnels) > 1 else "single tunnel",
+                "more_specifics": []}
+    tunnel = active_tunnel(conn, {conn.name: active})
+    halves = more_specifics(conn) if returns(conn) and tunnel != conn.tunnels[0].name else []
+    if halves:
+        return {"tunnel": tunnel, "by": "more-specific", "more_specifics": halves}
+    return {"tunnel": tunnel, "by": "as-path prepend", "more_specifics": []}
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -18,6 +18,19 @@ carries out the core's SetBgpNeighbor, and reports session/BFD state back as eve
   soft clear makes that explicit and keeps the sessions). Like the shutdowns, the assignment
   is part of what apply() converges to; until the core's first SetActive it is the rendered
   default (tunnel 1). No policy here: which tunnel is the core's decision.
+- the return path (vpnd.render.frr, return_path = "more-specific"): the same SetActive also
+  announces the configured networks' halves on the newly active tunnel when it is not
+  tunnel 1, and withdraws them when tunnel 1 is active again. One configure batch, ordered
+  so that tunnel 1 never carries them, not even between two lines: away from tunnel 1 the
+  route-maps move first (tunnel 1's out route-map now denies the halves), then `network`
+  adds them; back to tunnel 1 `no network` withdraws them first (over the live active
+  tunnel), then the route-maps move. The soft refresh follows. They are wanted state like
+  the route-maps, so apply() re-announces them after FRR restarts and a vpnd restart adopts
+  them with the assignment (zero commands). At stop they follow daemon.withdraw_on_stop as
+  the routes do: kept by default (traffic keeps flowing, both ways, while vpnd restarts;
+  the next vpnd adopts them), withdrawn with withdraw_on_stop = true (vpnd no longer
+  watches the tunnel they pull the cloud onto; the route-maps stay as FRR has them, as the
+  sessions do).
 - watch(): polls `show bgp summary json` (and `show bfd peers json` with BFD) every
   poll_interval, emits BgpSessionChanged / BfdChanged on change, fills the metrics. A bgpd
   without our router or peers (restarted, config gone) or a respawned vtysh triggers a
@@ -222,8 +235,62 @@ class BgpAdapter:
             return
         self.active[connection] = tunnel
         log.info("bgp.active_wanted", connection=connection, tunnel=tunnel, reason=reason)
-        if self.route_map_changes(self._pushed_active, self.active):
+        if self.route_map_changes(self._pushed_active, self.active) or any(
+                self.network_changes(self._pushed_active, self.active)):
             self._kick()
+
+    def network_changes(self, old: dict[str, str] | None,
+                        new: dict[str, str]) -> tuple[list[str], list[str]]:
+        """Pure: (withdrawn, announced) return-path more-specifics between two assignments
+        (old None: the rendered default, which has none)."""
+        from vpnd.render.frr import return_networks
+
+        before, after = return_networks(self.config, old), return_networks(self.config, new)
+        base = set(self._networks())
+        return ([n for n in before if n not in after and n not in base],
+                [n for n in after if n not in before and n not in base])
+
+    def _networks(self) -> list[str]:
+        return [str(n) for c in self.conns for n in (c.bgp.networks or c.local_networks)]
+
+    def push_commands(self, pending: dict[E.TunnelKey, bool], old: dict[str, str] | None,
+                      new: dict[str, str]) -> list[str]:
+        """Pure: the configure batch for neighbor states and an assignment change, in the
+        return path's order (module docstring)."""
+        ip_of = {k: ip for ip, k in self.peers.items()}
+        maps = self.route_map_changes(old, new)
+        withdrawn, announced = self.network_changes(old, new)
+        cmds = [self.router]
+        cmds += [f"{'no ' if v else ''}neighbor {ip_of[k]} shutdown" for k, v in pending.items()]
+        if maps or withdrawn or announced:
+            cmds += [_AF, *[f"no network {n}" for n in withdrawn], *[line for _, line in maps],
+                     *[f"network {n}" for n in announced], "exit-address-family"]
+        cmds.append("exit")
+        return cmds
+
+    async def withdraw_return_path(self, connection: str) -> list[str]:
+        """At stop with withdraw_on_stop: `no network` for the connection's more-specifics
+        FRR announces, nothing else. Returns the withdrawn prefixes."""
+        from vpnd.render.frr import more_specifics
+
+        conn = next((c for c in self.conns if c.name == connection), None)
+        if conn is None:
+            return []
+        # vpnd is stopping: no resync or push may re-announce them behind our back
+        for task in (self._task, self._push):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        running = await self.running()
+        have = set(running.contexts.get((self.router, _AF), []))
+        base = set(self._networks())
+        gone = [n for n in more_specifics(conn) if f"network {n}" in have and n not in base]
+        if gone:
+            await self.vtysh.configure([self.router, _AF, *[f"no network {n}" for n in gone],
+                                        "exit-address-family", "exit"])
+            log.info("bgp.return_path_withdrawn", connection=connection, networks=gone,
+                     reason="vpnd stops (daemon.withdraw_on_stop)")
+        return gone
 
     def route_map_changes(self, old: dict[str, str] | None,
                           new: dict[str, str]) -> list[tuple[str, str]]:
@@ -244,7 +311,8 @@ class BgpAdapter:
 
     def pending(self) -> bool:
         return (any(self._pushed.get(k) != v for k, v in self.enabled.items())
-                or bool(self.route_map_changes(self._pushed_active, self.active)))
+                or bool(self.route_map_changes(self._pushed_active, self.active))
+                or any(self.network_changes(self._pushed_active, self.active)))
 
     def _kick(self) -> None:
         if self._push is None or self._push.done():
@@ -264,13 +332,10 @@ class BgpAdapter:
             pending = {k: v for k, v in self.enabled.items() if self._pushed.get(k) != v}
             active = dict(self.active)
             maps = self.route_map_changes(self._pushed_active, active)
-            if not pending and not maps:
+            withdrawn, announced = self.network_changes(self._pushed_active, active)
+            if not pending and not maps and not withdrawn and not announced:
                 return
-            cmds = [self.router]
-            cmds += [f"{'no ' if v else ''}neighbor {ip_of[k]} shutdown" for k, v in pending.items()]
-            if maps:
-                cmds += [_AF, *[line for _, line in maps], "exit-address-family"]
-            cmds.append("exit")
+            cmds = self.push_commands(pending, self._pushed_active, active)
             t0 = time.perf_counter()
             try:
                 await self.vtysh.configure(cmds)
@@ -282,6 +347,9 @@ class BgpAdapter:
             for k, v in pending.items():
                 log.info("bgp.neighbor_set", connection=k.connection, tunnel=k.tunnel, peer=ip_of[k],
                          enabled=v, reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
+            if withdrawn or announced:
+                log.info("bgp.return_path", active=active, announced=announced, withdrawn=withdrawn,
+                         reaction_ms=round((time.perf_counter() - t0) * 1000, 3))
             if maps:
                 moved = list(dict.fromkeys(ip for ip, _ in maps))
                 refreshed = await self._soft_refresh(

@@ -12,8 +12,15 @@ The running config is parsed into the same (context keys, lines) shape as
   instance; that change cannot keep the sessions anyway).
 
 vpnd owns the `router bgp` of its ASN (with its IPv4 unicast family), the route-maps it renders
-(`allow-all`, `vpnd-*`), BFD profiles `vpnd-*` and the global lines it renders. Everything
-else in FRR (other daemons, the operator's prefix-lists) is left alone.
+(`allow-all`, `vpnd-*`), its prefix-lists (`vpnd-*`), BFD profiles `vpnd-*` and the global
+lines it renders. Everything else in FRR (other daemons, the operator's prefix-lists) is left
+alone.
+
+Order, where it matters (the return path, vpnd.render.frr): the address family's `no network`
+lines come first and its new `network` lines last, so a more-specific is withdrawn before the
+route-maps and prefix-lists that keep it off a neighbor change, and announced only after; a
+prefix-list entry replaced at the same sequence number is removed before it is re-added
+(FRR's `no ip prefix-list N seq S ...` deletes sequence S whatever it now holds).
 
 FRR hides some values it considers defaults (BFD intervals 300 ms, multiplier 3) and adds
 implied lines (`neighbor P bfd` next to `neighbor P bfd profile X`); both are modelled so that
@@ -126,6 +133,8 @@ def owned(keys: Keys) -> bool:
         return name == "allow-all" or name.startswith("vpnd-")
     if head == "bfd":
         return len(keys) == 2 and keys[1].startswith("profile vpnd-")
+    if head.startswith("ip prefix-list "):
+        return head.split()[2].startswith("vpnd-")
     return head.startswith("router bgp")
 
 
@@ -197,7 +206,29 @@ def diff(wanted: list[tuple[Keys, list[str]]], running: Running) -> list[Change]
             changes.append(Change((), f"no {keys[0]}"))
         else:
             changes.append(Change(keys[:-1], f"no {keys[-1]}"))
-    return changes
+    return _ordered(changes)
+
+
+_PREFIX_SEQ = re.compile(r"^(?:no )?(ip prefix-list \S+ seq \d+) ")
+
+
+def _ordered(changes: list[Change]) -> list[Change]:
+    """The safe order (module docstring), stable otherwise: replaced prefix-list entries'
+    `no` and the address family's `no network` lines first, its new `network` lines last."""
+    readded = {m.group(1) for c in changes if not c.command.startswith("no ")
+               for m in [_PREFIX_SEQ.match(c.command)] if m}
+
+    def rank(c: Change) -> int:
+        m = _PREFIX_SEQ.match(c.command)
+        if m and c.command.startswith("no ") and m.group(1) in readded:
+            return 0
+        if len(c.keys) == 2 and c.keys[1].startswith("address-family "):
+            if c.command.startswith("no network "):
+                return 1
+            if c.command.startswith("network "):
+                return 3
+        return 2
+    return sorted(changes, key=rank)
 
 
 def _of_dead_peer(command: str, dead: set[str]) -> bool:

@@ -16,8 +16,8 @@ def render(what: str, config, show_secrets: bool = False) -> str:
         from vpnd.render.swanctl import swanctl_text
         return swanctl_text(config, show_secrets=show_secrets)
     if what == "frr":
-        from vpnd.render.frr import frr_config
-        return frr_config(config).text()
+        from vpnd.render.frr import frr_config, return_path_notes
+        return frr_config(config).text() + return_path_notes(config)
     if what == "peer":
         from vpnd.render.peer import peer_text
         return peer_text(config, show_secrets=show_secrets)

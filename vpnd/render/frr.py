@@ -13,6 +13,27 @@ Compared with the vendor's procedure (seed 003) it adds:
   gets allow-all. Which tunnel is active is the failover core's SetActive (`active`); the
   rendering without one (`vpnd render frr`, vpnd's start) makes tunnel 1 active.
   "ecmp" keeps both equal (allow-all) whatever is active.
+- return_path = "more-specific" (with "prepend", the default): the cloud's way back moves at
+  once. Without it, a failover away from a dead tunnel 1 changes nothing the cloud can hear:
+  tunnel 1's withdraw (the neighbor shutdown, its prepend) cannot cross the dead tunnel, so
+  the cloud keeps tunnel 1's path, equal to tunnel 2's now un-prepended one, and with the
+  vendor's `maximum-paths 32` hashes part of the return traffic into tunnel 1 until its hold
+  timer expires (30 s with timers 10/30). So while a tunnel other than tunnel 1 is active,
+  `network` lines announce each configured network's two halves (`more_specifics`: a /n as
+  two /n+1; a half that is itself a configured network is split in its own turn; a /32 has
+  none and keeps waiting for the hold timer). They reach the active tunnel's neighbor only:
+  its out route-map is allow-all, and the standby out route-map of every other neighbor
+  matches the prefix-list `vpnd-<connection>-standby-out`, which denies exactly those halves
+  and permits the rest (`seq 4294967295 permit any`, so the list's last entry is always the
+  catch-all). The cloud routes the halves by longest match over the active tunnel, whatever
+  tunnel 1's stale paths say. Tunnel 1 never gets them: in steady state they do not exist
+  (nothing stale for a dead tunnel 1 to hold at the cloud), and while it is standby its
+  route-map denies them. Failback to tunnel 1 withdraws them (over the live active tunnel)
+  before the route-maps swap back; the order of both moves is vpnd.frr.bgp's. A failure of
+  the tunnel carrying them (both tunnels failing in turn) leaves the cloud on the stale
+  halves until that session's hold timer: BFD bounds it. With several BGP connections the
+  halves of one, like its networks, are announced to the others' active neighbors too (one
+  `router bgp`).
 - BFD when enabled: one profile per connection with its intervals, `neighbor X bfd profile P`
   (a profile applies to whatever session bgpd asks bfdd for; no peer keys to match).
 """
@@ -151,6 +172,60 @@ def bgp_connections(config: Config) -> list[ConnectionConfig]:
     return conns
 
 
+def more_specifics(conn: ConnectionConfig) -> list[str]:
+    """The halves of the connection's announced networks (a /n as two /n+1) that are not
+    configured networks themselves: what the return path is steered with. A /32 has none."""
+    nets = list(dict.fromkeys(conn.bgp.networks or conn.local_networks))
+    out: list[str] = []
+    for n in nets:
+        if n.prefixlen >= 32:
+            continue
+        for half in n.subnets(prefixlen_diff=1):
+            if half not in nets and str(half) not in out:
+                out.append(str(half))
+    return out
+
+
+def returns(conn: ConnectionConfig) -> bool:
+    """True when vpnd steers the cloud's return path with more-specifics."""
+    return steered(conn) and conn.bgp.return_path == "more-specific"
+
+
+def return_networks(config: Config, active: Mapping[str, str | None] | None) -> list[str]:
+    """The more-specifics announced for an assignment: those of every steering connection
+    whose active tunnel is not tunnel 1 (none in steady state)."""
+    out: list[str] = []
+    for c in bgp_connections(config):
+        if returns(c) and active_tunnel(c, active) != c.tunnels[0].name:
+            out += [n for n in more_specifics(c) if n not in out]
+    return out
+
+
+def return_path_notes(config: Config) -> str:
+    """`!` comment lines for `vpnd render frr`: what a failover adds (the halves are not in
+    the steady-state rendering), so the printed config says all vpnd will do."""
+    out: list[str] = []
+    for c in bgp_connections(config):
+        if not returns(c):
+            continue
+        others = ", ".join(t.name for t in c.tunnels[1:])
+        out.append(f"! {c.name}: return_path = \"more-specific\": while {others} is active, vpnd adds "
+                   "to address-family ipv4 unicast")
+        out.append("! (announced to that tunnel's neighbor only; withdrawn on failback):")
+        halves = more_specifics(c)
+        out += [f"!  network {n}" for n in halves] or ["!  nothing: every network is a /32"]
+    return "".join(line + "\n" for line in out)
+
+
+def standby_prefix_list(conn: ConnectionConfig) -> list[str]:
+    """`ip prefix-list` lines the standby out route-map matches: deny the more-specifics,
+    permit the rest (the catch-all at the highest sequence number, so it is always last)."""
+    name = standby_route_maps(conn)[1]
+    lines = [f"ip prefix-list {name} seq {5 * (i + 1)} deny {n}"
+             for i, n in enumerate(more_specifics(conn))]
+    return lines + [f"ip prefix-list {name} seq 4294967295 permit any"]
+
+
 def steered(conn: ConnectionConfig) -> bool:
     """True when route-maps decide which tunnel carries traffic (standby = "prepend")."""
     return conn.bgp is not None and conn.bgp.standby == "prepend" and len(conn.tunnels) > 1
@@ -198,8 +273,12 @@ def frr_config(config: Config, active: Mapping[str, str | None] | None = None) -
             rm_in, rm_out = standby_route_maps(c)
             contexts.append(Context((f"route-map {rm_in} permit 1",),
                                     (f"set local-preference {STANDBY_LOCAL_PREFERENCE}",)))
-            contexts.append(Context((f"route-map {rm_out} permit 1",),
-                                    ("set as-path prepend " + " ".join([str(bgp.local_asn)] * bgp.prepend_count),)))
+            match: tuple[str, ...] = ()
+            if returns(c):
+                contexts += [Context((line,)) for line in standby_prefix_list(c)]
+                match = (f"match ip address prefix-list {rm_out}",)
+            contexts.append(Context((f"route-map {rm_out} permit 1",), match + (
+                "set as-path prepend " + " ".join([str(bgp.local_asn)] * bgp.prepend_count),)))
         if bgp.bfd.enabled:
             contexts.append(bfd_context(c))
         for peer, (rm_in, rm_out) in neighbor_route_maps(c, active).items():
@@ -209,6 +288,7 @@ def frr_config(config: Config, active: Mapping[str, str | None] | None = None) -
         for n in bgp.networks or c.local_networks:
             if str(n) not in networks:
                 networks.append(str(n))
+    networks += [n for n in return_networks(config, active) if n not in networks]
     # `no bgp network import-check`: announce the configured networks as configured. With
     # FRR's default a `network` needs an exact route in the RIB, so a summary such as a
     # data centre's /16 behind a gateway with a /24 on its LAN port is silently never

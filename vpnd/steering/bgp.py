@@ -74,12 +74,12 @@ class BgpSteering(Steering):
         super().__init__(conn, services)
         self.interfaces = TunnelInterfaces(conn, services)
         self.backend: BgpBackend | None = None
-        self.return_path = CloudCheckReturn(conn, services)
+        self.cloud_check = CloudCheckReturn(conn, services)
 
     async def start(self) -> None:
         await self.interfaces.start()
         self.backend = BgpBackend.of(self.services)
-        await self.return_path.start()
+        await self.cloud_check.start()
 
     @property
     def _adapter(self) -> BgpAdapter | None:
@@ -96,20 +96,27 @@ class BgpSteering(Steering):
 
     async def repair_interface(self, tunnel: str) -> None:
         await self.interfaces.repair(tunnel)
-        await self.return_path.keep()
+        await self.cloud_check.keep()
 
     async def reconfigure(self, conn: ConnectionConfig, *, links: bool, routes: bool) -> None:
         self.conn = conn
         if links:
             await self.interfaces.reconfigure(conn)
-        await self.return_path.reconfigure(conn)
+        await self.cloud_check.reconfigure(conn)
 
     async def remove(self) -> None:
-        await self.return_path.remove()
+        await self.cloud_check.remove()
         await self.interfaces.remove()
 
     async def stop(self, *, withdraw: bool) -> None:
-        await self.return_path.stop(withdraw=withdraw)
+        await self.cloud_check.stop(withdraw=withdraw)
+        # the return path's more-specifics follow withdraw_on_stop as the routes do (kept by
+        # default: the next vpnd adopts them); sessions and route-maps stay either way
+        if withdraw and self._adapter is not None:
+            try:
+                await self._adapter.withdraw_return_path(self.conn.name)
+            except FrrError as err:
+                log.error("bgp.return_path_not_withdrawn", connection=self.conn.name, error=str(err))
         await self.interfaces.stop()
 
 

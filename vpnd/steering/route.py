@@ -23,14 +23,14 @@ class RouteSteering(Steering):
         super().__init__(conn, services)
         self.interfaces = TunnelInterfaces(conn, services)
         self.routes: RouteController | None = None
-        self.return_path = CloudCheckReturn(conn, services)
+        self.cloud_check = CloudCheckReturn(conn, services)
 
     async def start(self) -> None:
         """Interfaces first, then the routes: adopted as found, never flapped at start; the
         core hears which tunnel they point to, so a restart keeps traffic where it was."""
         await self.interfaces.start()
         await self._start_routes()
-        await self.return_path.start()
+        await self.cloud_check.start()
 
     async def _start_routes(self) -> None:
         self.routes = RouteController(self.conn,
@@ -51,11 +51,11 @@ class RouteSteering(Steering):
         self.services.metrics.route_repairs.labels(self.conn.name).inc()
         await self.routes.repair()
         log.warning("routes.repaired", connection=self.conn.name, reason=reason)
-        await self.return_path.keep()
+        await self.cloud_check.keep()
 
     async def repair_interface(self, tunnel: str) -> None:
         await self.interfaces.repair(tunnel)
-        await self.return_path.keep()
+        await self.cloud_check.keep()
 
     async def reconfigure(self, conn: ConnectionConfig, *, links: bool, routes: bool) -> None:
         self.conn = conn
@@ -64,15 +64,15 @@ class RouteSteering(Steering):
         if routes:
             writes = await self.routes.reconfigure(conn)
             log.info("routes.reconfigured", connection=conn.name, writes=writes)
-        await self.return_path.reconfigure(conn)
+        await self.cloud_check.reconfigure(conn)
 
     async def remove(self) -> None:
-        await self.return_path.remove()
+        await self.cloud_check.remove()
         await self.routes.remove()
         await self.interfaces.remove()
 
     async def stop(self, *, withdraw: bool) -> None:
-        await self.return_path.stop(withdraw=withdraw)
+        await self.cloud_check.stop(withdraw=withdraw)
         if withdraw:
             await self.routes.set_active(None, withdraw=True)
         await self.routes.stop()
