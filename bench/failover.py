@@ -18,7 +18,7 @@ The cloud (`--cloud-model`, docs/lab.md): `vendor` (default) chooses its own sen
 `off`), DPD timeout `--cloud-dpd-timeout` (default 30 s), in BGP mode its FRR's best path;
 `per-flow` is the lab's original cloud, which answers on the tunnel each packet arrived on.
 
-`--baseline` then measures, in the same lab, the vendor procedure of seed 003 without vpnd:
+`--baseline` then measures, in the same lab, the procedure of the vendor's strongSwan guide without vpnd:
 charon's own DPD (`dpd_delay = 10`, charon's default retransmission schedule, `dpd_action =
 restart`) plus updown scripts that add/delete the metric 100/101 routes. A data-path black
 hole is invisible to DPD (the vendor procedure never moves), so by default the baseline's fault
@@ -65,7 +65,7 @@ from vpnd.render import swanctl
 
 FAULTS = ("blackhole", "unreachable")
 
-# The vendor's connect_N.sh (seed 003), parameterised: charon's updown plugin runs it with
+# The connect_N.sh of the vendor's strongSwan guide, parameterised: charon's updown plugin runs it with
 # PLUTO_VERB set; arguments: interface, metric, remote network, log file.
 UPDOWN = """#!/bin/sh
 case "$PLUTO_VERB" in
@@ -259,7 +259,7 @@ def metric_routes(lab: Lab, prefix: str) -> dict[int, str]:
 
 
 def vendor_swanctl(lab: Lab, config: Config, backend: str) -> str:
-    """Seed 003's swanctl.conf for our lab: what vpnd would load, with the vendor's own
+    """The vendor's strongSwan guide's swanctl.conf for our lab: what vpnd would load, with the vendor's own
     choices put back (charon re-initiates by itself, DPD restarts, updown scripts route)."""
     conn = config.connections[0]
     script = lab.dir / "updown.sh"
@@ -288,7 +288,7 @@ def start_vendor_procedure(lab: Lab, config: Config, opts: scenario.Options) -> 
     # charon with its default retransmission schedule (the lab's is shortened for speed).
     daemons.stop(lab, "charon-cgw")
     daemons.start_charon(lab, "cgw", libipsec=opts.backend == "libipsec", fast_retransmits=False)
-    if opts.backend == "native":       # seed 003's rc.local: the XFRM interfaces (vpnd left them)
+    if opts.backend == "native":       # the vendor's strongSwan guide's rc.local: the XFRM interfaces (vpnd left them)
         for i in range(2):
             dev = f"ipsec{i}"
             if lab.ip("cgw", "link", "show", dev, check=False).returncode != 0:
@@ -475,7 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cloud-check", default="1,3",
                     help="vendor, route modes: the cloud's health check INTERVAL,RETRIES, or off")
     ap.add_argument("--cloud-dpd-timeout", type=float, default=None,
-                    help="vendor: the cloud's DPD timeout (s); default 30 (seed 000)")
+                    help="vendor: the cloud's DPD timeout (s); default 30 (the vendor's IPsec-VPN documentation)")
     args = ap.parse_args(argv)
     if args.cloud_check != "off":
         try:

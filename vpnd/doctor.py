@@ -2,7 +2,7 @@
 
 Each check reads the real system (sysctls, the kernel's XFRM support, charon over VICI, the
 nftables ruleset, the routing table, FRR's vtysh) and answers PASS, WARN, FAIL or SKIP with
-a one-line fix, so the 3 a.m. operator gets the seeds' FAQ ("tunnel established but traffic
+a one-line fix, so the 3 a.m. operator gets the vendor documents' FAQ ("tunnel established but traffic
 does not flow": ip_forward, firewall, routes) answered for this box instead of read. Run it
 in another network namespace with `ip netns exec NS vpnd doctor`. Exit 1 when anything FAILs.
 """
@@ -25,7 +25,7 @@ from vpnd.config.model import Config, ConfigError
 from vpnd.kernel.sysctl import sysctl, strict_rp_filter
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
-MIN_STRONGSWAN = (5, 8, 0)          # seed 003: XFRM interfaces need strongSwan 5.8.0 or later
+MIN_STRONGSWAN = (5, 8, 0)          # the vendor's strongSwan guide: XFRM interfaces need strongSwan 5.8.0 or later
 IKE_PORTS = (500, 4500)
 CHARON_PATHS = ("/usr/lib/ipsec/charon", "/usr/libexec/ipsec/charon",
                 "/usr/libexec/strongswan/charon")
@@ -577,7 +577,7 @@ def check_ike_listening() -> Result:
 
 def check_cloud_health_check(config: Config) -> list[Result]:
     """In route mode the cloud moves its sending tunnel only after interval x retries of
-    failed checks (seed 001): say the figure and what to set in the console."""
+    failed checks (the vendor's health-check documentation): say the figure and what to set in the console."""
     from vpnd.control.status import cloud_check
 
     out = []

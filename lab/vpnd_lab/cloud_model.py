@@ -5,19 +5,19 @@ Two models of the simulated cloud (`scenario.Options.cloud_model`):
 - ``per-flow`` (the lab's original): the cloud answers on the tunnel each packet of a flow
   arrived on (conntrack marks -> per-tunnel tables), so when vpnd moves a flow the replies
   follow it at once. Kind to vpnd; not what the vendor's cloud does.
-- ``vendor``: modelled on the vendor documents (/work/shared/seeds/ 000, 001, 003). The cloud
+- ``vendor``: modelled on the vendor documents (its IPsec-VPN, health-check and strongSwan documents). The cloud
   sends everything for the data centre on ONE tunnel of its choosing, whatever tunnel the
   traffic came in on:
   * tunnel 1 while it is healthy;
-  * tunnel 2 when tunnel 1 fails the cloud's health check (seed 001: ICMP from the cloud-side
+  * tunnel 2 when tunnel 1 fails the cloud's health check (the vendor's health-check documentation: ICMP from the cloud-side
     source IP to the destination IP in the data centre, through the connection, every
     `interval` s, failed after `retries` probes in a row; with "switch route" the failing
     route is withdrawn; off by default, as in the console), when tunnel 1's SAs are gone
-    (the cloud's DPD, seed 000: "the DPD packet timeout is 30 seconds", then the SAs are
-    deleted), or when the cloud moves on its own (seed 003: "Alibaba Cloud may proactively
+    (the cloud's DPD, the vendor's IPsec-VPN documentation: "the DPD packet timeout is 30 seconds", then the SAs are
+    deleted), or when the cloud moves on its own (the vendor's strongSwan guide: "Alibaba Cloud may proactively
     switch traffic to the standby tunnel": `switch_proactively`);
   * back to tunnel 1 as soon as tunnel 1 answers its health check again (automatic failback);
-  * in BGP mode by its BGP best path: the cloud's FRR (seed 003's `maximum-paths 32`, the
+  * in BGP mode by its BGP best path: the cloud's FRR (the vendor's strongSwan guide's `maximum-paths 32`, the
     configured timers) owns the routes and keeps tunnel 1 until that session's hold timer
     expires or the route is withdrawn or outpreferred. The controller only watches there.
 
@@ -59,7 +59,7 @@ from pathlib import Path
 from vpnd_lab.topology import Lab, LabError
 
 MODELS = ("vendor", "per-flow")
-VENDOR_DPD_TIMEOUT = 30.0           # seed 000 / 001: "the DPD packet timeout is 30 seconds"
+VENDOR_DPD_TIMEOUT = 30.0           # the vendor's IPsec-VPN and health-check documentation: "the DPD packet timeout is 30 seconds"
 FALLBACK_TABLE = 150                # BGP mode: tunnel 1's static route, after main
 TICK = 0.02                         # controller's loop; SA state is polled every 5 ticks
 
@@ -68,7 +68,7 @@ TICK = 0.02                         # controller's loop; SA state is polled ever
 
 @dataclass(frozen=True)
 class CloudCheck:
-    """The cloud's health check as entered in the console (seed 001)."""
+    """The cloud's health check as entered in the console (the vendor's health-check documentation)."""
 
     source: str                     # an address on the cloud side (the VPC)
     destination: str                # an address in the data centre
@@ -259,7 +259,7 @@ def sending(lab: Lab) -> int | None:
 
 
 def switch_proactively(lab: Lab, tunnel: int | None) -> None:
-    """The fault "the cloud switches proactively" (seed 003): it sends on `tunnel` (0-based)
+    """The fault "the cloud switches proactively" (the vendor's strongSwan guide): it sends on `tunnel` (0-based)
     while that tunnel has SAs, whatever its health check says; None: its own rules again."""
     tmp = force_path(lab).with_suffix(".tmp")
     tmp.write_text(json.dumps({"tunnel": tunnel}))

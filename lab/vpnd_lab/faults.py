@@ -83,7 +83,7 @@ def repair(lab: Lab) -> None:
 
 def cloud_sends_on(lab: Lab, tunnel: int | None) -> None:
     """The cloud moves what it sends to the LAN (replies included) onto tunnel n, whichever
-    tunnel the traffic came in on: the seed's "the cloud may proactively switch traffic to the
+    tunnel the traffic came in on: the vendor's "the cloud may proactively switch traffic to the
     standby tunnel". None: back to answering on the tunnel a flow arrived on. Native backend
     (the cloud's XFRM interfaces cloud0/cloud1 and per-tunnel tables)."""
     lab.exec("cloud", "nft", "flush", "chain", "ip", "vpndlab", "steer")

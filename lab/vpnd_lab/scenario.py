@@ -14,7 +14,7 @@ Backends:
   own endpoint /32 pair as its probe path (the only traffic that can cross the standby);
   charon's libipsec routes everything into its TUN and picks the CHILD SA (docs/policy-mode.md).
 - `native` (kernel ESP and XFRM interfaces): vpnd creates ipsec0/ipsec1 (if_id 42/43) in cgw;
-  the lab creates the cloud's own XFRM interfaces (if_id 52/53); TS 0.0.0.0/0 as in seed 003.
+  the lab creates the cloud's own XFRM interfaces (if_id 52/53); TS 0.0.0.0/0 as in the vendor's strongSwan guide.
 - `native` with `routing = "policy"` (kernel XFRM, the real gateway's policy mode): in cgw no
   XFRM interface and no route from charon; both tunnels' CHILD SAs carry LAN <-> VPC (plus
   each tunnel's endpoint /32 pair as its probe path) and the kernel policy charon installs
@@ -173,7 +173,7 @@ def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
     """Per backend: what carries each tunnel's traffic, on both sides."""
     p = lab.plan
     if opts.routing == "policy":
-        for i in range(2):      # each tunnel's probe path; TS addresses must exist (lab-notes)
+        for i in range(2):      # each tunnel's probe path; TS addresses must exist (measured on this project's machines)
             ours, theirs = p.endpoints[i]
             lab.ip("cgw", "addr", "add", f"{ours}/32", "dev", "lo")
             lab.ip("cloud", "addr", "add", f"{theirs}/32", "dev", "lo")

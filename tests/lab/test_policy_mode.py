@@ -124,7 +124,7 @@ def test_restarted_on_tunnel2_keeps_traffic_there(make_lab):
 
 
 def test_the_cloud_moving_traffic_is_followed(make_lab, tmp_path):
-    """XfrmInTmplMismatch rising (the seed's signal; libipsec never counts, so the test
+    """XfrmInTmplMismatch rising (the vendor's signal; libipsec never counts, so the test
     writes the counter vpnd reads): vpnd follows to tunnel 2, says so, and stays there."""
     lab = make_lab(routing="policy", preempt_delay=1.0)
     stat = tmp_path / "xfrm_stat"

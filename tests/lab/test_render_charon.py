@@ -31,8 +31,8 @@ CHARON = "/usr/lib/ipsec/charon"
 
 
 def configs():
-    """seed 003 as it is, and with BFD and IKEv1 aggressive/PFS-less variations."""
-    config = load_file(GOLDEN / "seed003.toml")
+    """the vendor's strongSwan guide as it is, and with BFD and IKEv1 aggressive/PFS-less variations."""
+    config = load_file(GOLDEN / "vendor_guide.toml")
     conn = config.connections[0]
     varied = replace(
         conn, name="var",

@@ -138,7 +138,7 @@ def test_frr_and_mirror_standby(standby, bfd):
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    config = load_file(GOLDEN / "seed003.toml")
+    config = load_file(GOLDEN / "vendor_guide.toml")
     conn = config.connections[0]
     conn = replace(conn, bgp=replace(
         conn.bgp, keepalive=1, hold=3, standby=standby,

@@ -162,7 +162,7 @@ def test_tunnel1_dead_outbound_only_is_an_ordinary_switch(make_lab):
 
 
 def test_route_mode_follows_the_clouds_own_move_and_back(make_lab):
-    """The cloud moves on its own (seed 003: "may proactively switch traffic to the standby
+    """The cloud moves on its own (the vendor's strongSwan guide: "may proactively switch traffic to the standby
     tunnel"): tunnel 1's probes are answered through tunnel 2 now, and vpnd follows, so both
     directions use one tunnel; when the cloud goes back, vpnd follows again."""
     lab = vendor_lab(make_lab)

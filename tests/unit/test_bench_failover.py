@@ -23,7 +23,7 @@ def bench():
     return module
 
 
-def test_vendor_procedure_is_seed_003_with_updown_routes(bench, tmp_path, monkeypatch):
+def test_vendor_procedure_is_the_strongswan_guide_with_updown_routes(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(topology, "LAB_ROOT", tmp_path)
     lab = topology.Lab(prefix="vbtest")
     lab.dir.mkdir(parents=True)
@@ -33,7 +33,7 @@ def test_vendor_procedure_is_seed_003_with_updown_routes(bench, tmp_path, monkey
     for line in ("dpd_delay = 10s", "dpd_action = restart", "start_action = start", "close_action = start",
                  "if_id_in = 42", "if_id_out = 43"):
         assert line in text, line
-    assert "keyingtries" not in text        # the seed leaves charon's default
+    assert "keyingtries" not in text        # the vendor's guide leaves charon's default
     assert f'updown = "/bin/sh {lab.dir}/updown.sh ipsec0 100 192.168.0.0/16' in text
     assert f'updown = "/bin/sh {lab.dir}/updown.sh ipsec1 101 192.168.0.0/16' in text
     script = (lab.dir / "updown.sh").read_text()

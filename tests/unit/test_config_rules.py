@@ -517,8 +517,8 @@ def test_bgp_values():
     assert c.tunnels[1].bgp.peer_ip == ipaddress.IPv4Address("169.254.20.1")
 
 
-def test_every_reserved_block_from_the_seed():
-    # The seed lists seven low blocks (0.0 .. 6.0), not the six our brief said.
+def test_every_reserved_block_from_the_vendor_documentation():
+    # The vendor's documentation lists seven low blocks (0.0 .. 6.0), not the six our brief said.
     assert [str(n) for n in rules.BGP_RESERVED_CIDRS] == [
         f"169.254.{i}.0/30" for i in range(7)] + ["169.254.169.252/30"]
 

@@ -1,5 +1,5 @@
-"""The lab's simulated cloud (vpnd_lab.cloud): the mirror of vpnd's own rendering, from seed
-003's example, against its golden files; its FRR only in BGP mode; its keys only when asked.
+"""The lab's simulated cloud (vpnd_lab.cloud): the mirror of vpnd's own rendering, from the vendor
+strongSwan guide's example, against its golden files; its FRR only in BGP mode; its keys only when asked.
 (Moved out of test_render_golden.py with the code it tests, out of vpnd.render.peer.)"""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from vpnd_lab import cloud
 
 def test_cloud_matches_golden():
     conn = seed_config().connections[0]
-    check_golden("seed003.cloud.swanctl.conf", cloud.peer_swanctl_text(conn))
-    check_golden("seed003.cloud.frr.conf", cloud.peer_frr(conn).text())
+    check_golden("vendor_guide.cloud.swanctl.conf", cloud.peer_swanctl_text(conn))
+    check_golden("vendor_guide.cloud.frr.conf", cloud.peer_frr(conn).text())
 
 
 def test_cloud_frr_needs_bgp_routing():

@@ -12,7 +12,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "vpnd"
 
 # Lowest first. A module may import its own layer and the ones below, never above.
-# (rewrite_imports: skip — these are the new package names, not old module paths)
 LAYERS = [
     ("pure", ["vpnd.config", "vpnd.core", "vpnd.logs", "vpnd.systemd"]),
     ("adapters", ["vpnd.render", "vpnd.charon", "vpnd.kernel", "vpnd.frr", "vpnd.probe",

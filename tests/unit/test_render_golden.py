@@ -1,4 +1,4 @@
-"""vpnd render: swanctl/FRR output of seed 003's dual-egress BGP example against golden files,
+"""vpnd render: swanctl/FRR output of the vendor's strongSwan guide's dual-egress BGP example against golden files,
 the VICI bodies behind it, policy mode, the cloud-side sheet, and secrets never leaking.
 (The lab's simulated cloud, vpnd_lab.cloud, has its own goldens: tests/unit/test_lab_cloud.py.)
 
@@ -23,17 +23,17 @@ from vpnd.render.swanctl import RenderError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 ROOT = Path(__file__).resolve().parents[2]
-SEED = GOLDEN / "seed003.toml"
+EXAMPLE = GOLDEN / "vendor_guide.toml"
 PSKS = ("golden-psk-tunnel-1", "golden-psk-tunnel-2")
 
 
 def seed_config():
     """Loaded from text with a relative source name, so golden files hold no checkout path."""
-    return load_text(SEED.read_text(), source="tests/golden/seed003.toml", base_dir=str(GOLDEN))
+    return load_text(EXAMPLE.read_text(), source="tests/golden/vendor_guide.toml", base_dir=str(GOLDEN))
 
 
-def test_seed_file_loads_the_same():
-    assert replace(load_file(SEED), source="x") == replace(seed_config(), source="x")
+def test_vendor_example_loads_the_same():
+    assert replace(load_file(EXAMPLE), source="x") == replace(seed_config(), source="x")
 
 
 def check_golden(name: str, text: str) -> None:
@@ -44,7 +44,7 @@ def check_golden(name: str, text: str) -> None:
 
 
 def policy_config():
-    text = SEED.read_text()
+    text = EXAMPLE.read_text()
     head, _, _ = text.partition("[connection.bgp]")
     tunnels = text[text.index("[[connection.tunnel]]"):]
     tunnels = "\n".join(
@@ -58,20 +58,20 @@ def policy_config():
 # --- golden files ------------------------------------------------------------------------
 
 def test_swanctl_matches_golden():
-    check_golden("seed003.swanctl.conf", swanctl.swanctl_text(seed_config()))
+    check_golden("vendor_guide.swanctl.conf", swanctl.swanctl_text(seed_config()))
 
 
 def test_frr_matches_golden():
-    check_golden("seed003.frr.conf", frr_mod.frr_config(seed_config()).text())
+    check_golden("vendor_guide.frr.conf", frr_mod.frr_config(seed_config()).text())
 
 
 def test_peer_matches_golden():
-    check_golden("seed003.peer.txt", peer.peer_text(seed_config()))
+    check_golden("vendor_guide.peer.txt", peer.peer_text(seed_config()))
 
 
 # --- the VICI bodies (what charon gets) ---------------------------------------------------
 
-def test_vici_conn_seed003_semantics():
+def test_vici_conn_vendor_guide_semantics():
     config = seed_config()
     conn = config.connections[0]
     names = [swanctl.conn_name(conn.name, t.name) for t in conn.tunnels]
@@ -207,7 +207,7 @@ def test_quoting():
 
 # --- FRR -------------------------------------------------------------------------------------
 
-def test_frr_seed003_semantics():
+def test_frr_vendor_guide_semantics():
     cfg = frr_mod.frr_config(seed_config())
     keys = [c.keys for c in cfg.contexts]
     router = keys.index(("router bgp 65530",))

@@ -67,7 +67,7 @@ def test_the_wheel_holds_only_the_product(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/", 1)[0] for n in names}
     assert tops == {"vpnd", "vpnd-0.1.0.dist-info"}, tops
-    # the lab's old place inside vpnd/ (rewrite_imports: skip)
+    # the lab's old place inside vpnd/, too
     assert not [n for n in names if n.startswith("vpnd/lab/") or "guest" in n or n.endswith("/vm.py")]
     assert "vpnd/render/peer.py" in names and "vpnd/cli.py" in names
     with zipfile.ZipFile(wheel) as z:

@@ -20,7 +20,7 @@ def test_parse_reads_every_counter():
 
 
 def test_this_hosts_counter_reads():
-    assert xfrm_stat.read() is not None     # lab-notes: /proc/net/xfrm_stat exists here
+    assert xfrm_stat.read() is not None     # /proc/net/xfrm_stat exists on this machine kind
 
 
 def test_rises_are_reported_with_their_delta(tmp_path):

@@ -3,7 +3,7 @@
 tests/vm/test_vm_failover.py boots one guest and runs this file there (`pytest -m lab
 tests/vm/guest_route_failover.py`); it is not collected by ordinary runs (its name does not start
 with test_). vpnd creates the XFRM interfaces ipsec0/ipsec1 (if_id 42/43) itself, charon
-installs kernel ESP SAs, vpnd's routes carry metrics 100/101: the native backend, seed 003.
+installs kernel ESP SAs, vpnd's routes carry metrics 100/101: the native backend, the vendor's strongSwan guide.
 
 Python start-up and a lab cost many seconds under TCG, so the four scenarios share one lab and
 one vpnd, in file order; each starts by waiting until traffic is back on tunnel 1 (the IKE SA

@@ -1,4 +1,4 @@
-"""The kernel tier (CI runs it with `-m vm`): the route-based scenario of seed 003 on a real
+"""The kernel tier (CI runs it with `-m vm`): the route-based scenario of the vendor's strongSwan guide on a real
 kernel: vpnd creates XFRM interfaces ipsec0/ipsec1 (if_id 42/43), charon installs kernel ESP
 SAs, vpnd's routes carry metrics 100/101, traffic fails over and back, and an interface deleted
 under vpnd is re-created with its route."""

@@ -5,7 +5,7 @@ Everything that interprets charon's messages is a pure function here (`translate
 `classify_log`, `snapshot_from_sas`), tested with tables of real messages; `CharonAdapter`
 only wires them to the VICI client.
 
-Facts this relies on (lab-notes, checked against charon 5.9.8):
+Facts this relies on (measured against charon 5.9.8 on this project's machines):
 - a down event is marked only by the absence of the `up` key; after a DPD timeout the IKE
   state in the down event still reads ESTABLISHED and the child INSTALLED;
 - 5.9.8's VICI has no `alert` event: retransmits and negotiation failures are read from the

@@ -5,7 +5,7 @@ what that package lacks for a daemon: asyncio streams, a packet size limit, time
 request in flight per connection, events kept apart from command responses, and a
 supervisor that reconnects with capped, jittered backoff and tells the caller to resync.
 
-Two sockets, as charon's Python session cannot mix them (lab-notes): one only listens for
+Two sockets, as charon's Python session cannot mix them (measured on this project's machines): one only listens for
 events, the other only carries commands (and their streamed `list-sa` / `control-log`).
 """
 

@@ -2,8 +2,8 @@
 
 Nothing here parses or validates: `vpnd.config.load` builds these objects only from input
 that passed every rule, so adapters can trust each value (it may go into a VICI message or a
-vtysh command as it is). Defaults mirror the cloud's defaults (seed 000) and the vendor's
-strongSwan/FRR procedure (seed 003); each is written here once, and the section readers
+vtysh command as it is). Defaults mirror the cloud's defaults (the vendor's IPsec-VPN documentation) and the vendor's
+strongSwan/FRR procedure (the vendor's strongSwan guide); each is written here once, and the section readers
 (`vpnd.config.sections`) take them from these dataclasses' fields.
 """
 
@@ -104,7 +104,7 @@ class HealthCheckConfig:
 
 @dataclass(frozen=True)
 class CloudHealthCheckConfig:
-    """The CLOUD's own health check of the connection, as entered in its console (seed 001):
+    """The CLOUD's own health check of the connection, as entered in its console (the vendor's health-check documentation):
     it pings `destination_ip` (here) from `source_ip` (the cloud's) through each tunnel and
     moves its sending tunnel after `retries` failed checks `interval` seconds apart. vpnd
     does not run it: it adds the on-premises /32 route for `source_ip` the vendor asks for,

@@ -1,8 +1,8 @@
 """The cloud's limits and the kernel's, as data plus small pure checks.
 
 Each check returns an error message (a string) or None, so the loader can attach the key
-path. Limits come from the cloud's IPsec-VPN documentation (seed 000), its health checks
-(seed 001) and the vendor's strongSwan/FRR procedure (seed 003). Messages never quote a
+path. Limits come from the cloud's IPsec-VPN documentation (the vendor's IPsec-VPN documentation), its health checks
+(the vendor's health-check documentation) and the vendor's strongSwan/FRR procedure (the vendor's strongSwan guide). Messages never quote a
 pre-shared key.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-# --- IKE / IPsec algorithms (seed 000, "Encryption Configuration") --------------------------
+# --- IKE / IPsec algorithms (the vendor's IPsec-VPN documentation, "Encryption Configuration") --------------------------
 
 ENCRYPTION = ("aes128", "aes192", "aes256", "des", "3des")
 INTEGRITY = ("sha1", "md5", "sha256", "sha384", "sha512")
@@ -33,7 +33,7 @@ WEAK_CHOICES = {
     "group5": "group5 (modp1536) is weak; use group14",
 }
 
-# --- Pre-shared key (seed 000, "Pre-shared Key") ---------------------------------------------
+# --- Pre-shared key (the vendor's IPsec-VPN documentation, "Pre-shared Key") ---------------------------------------------
 
 PSK_MIN_LEN, PSK_MAX_LEN = 1, 100
 PSK_SPECIALS = "~`!@#$%^&*()_-+={}[]\\|;:',.<>/?"
@@ -85,7 +85,7 @@ def ifname_problem(value: str) -> str | None:
     return None
 
 
-# --- IKE identities (seed 000, LocalId / RemoteId) -------------------------------------------
+# --- IKE identities (the vendor's IPsec-VPN documentation, LocalId / RemoteId) -------------------------------------------
 
 FQDN_MAX = 253
 _LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -125,7 +125,7 @@ def _is_ipv4(value: str) -> bool:
     return True
 
 
-# --- BGP (seed 000, "BGP Configuration"; seed 003 FRR) ---------------------------------------
+# --- BGP (the vendor's IPsec-VPN documentation, "BGP Configuration"; the vendor's strongSwan guide FRR) ---------------------------------------
 
 ASN_MIN, ASN_MAX = 1, 4294967295
 AS_TRANS = 23456                                # RFC 6793: never a real peer's ASN
@@ -133,7 +133,7 @@ ASN_RESERVED = (65535, 4294967295)              # RFC 7300 (the cloud still acce
 
 BGP_LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 # The cloud refuses these tunnel CIDRs. Our team brief said 169.254.0.0/30 .. 169.254.5.0/30,
-# but the vendor document (seed 000) lists 169.254.0.0/30 through 169.254.6.0/30 - seven
+# but the vendor document (the vendor's IPsec-VPN documentation) lists 169.254.0.0/30 through 169.254.6.0/30 - seven
 # blocks - plus 169.254.169.252/30. We follow the vendor document.
 BGP_RESERVED_CIDRS = tuple(
     ipaddress.IPv4Network(c)
@@ -208,13 +208,13 @@ def tunnel_host_problem(ip: ipaddress.IPv4Address, net: ipaddress.IPv4Network) -
     return None
 
 
-# --- Health checks and failover (seed 001) ---------------------------------------------------
+# --- Health checks and failover (the vendor's health-check documentation) ---------------------------------------------------
 
 HEALTH_INTERVAL_MIN = 0.02          # seconds (20 ms x 3: a 60 ms budget); faster floods the tunnel
 HEALTH_INTERVAL_MAX = 3600.0
 HEALTH_RETRIES_MIN, HEALTH_RETRIES_MAX = 1, 100
-# The cloud's own health check (seed 001: "Retry Interval ... Default value: 3", "Retries ...
-# Default value: 3"). The seed gives no ranges; these are the console's limits as the vendor's
+# The cloud's own health check (the vendor's health-check documentation: "Retry Interval ... Default value: 3", "Retries ...
+# Default value: 3"). The vendor's documentation gives no ranges; these are the console's limits as the vendor's
 # API reference states them (whole seconds 1..60, 1..100 retries).
 CLOUD_HC_INTERVAL_MIN, CLOUD_HC_INTERVAL_MAX = 1, 60
 CLOUD_HC_RETRIES_MIN, CLOUD_HC_RETRIES_MAX = 1, 100

@@ -65,7 +65,7 @@ def evidence(summary: ProbeSummary | None) -> dict[str, Any] | None:
             "avg_rtt_ms": j["avg_rtt_ms"], "loss_percent": j["loss_percent"]}
 
 
-# What the cloud's console allows at its fastest and the vendor's default count (seed 001):
+# What the cloud's console allows at its fastest and the vendor's default count (the vendor's health-check documentation):
 # the smallest interval x retries that still tolerates two lost checks.
 FAST_INTERVAL, FAST_RETRIES = 1, 3
 

@@ -151,7 +151,7 @@ class InterfaceLost:
 class XfrmInTmplMismatch:
     """/proc/net/xfrm_stat's XfrmInTmplMismatch rose: IPsec packets arrived on an SA that the
     matching inbound policy does not name. In policy mode that is the cloud sending on the
-    tunnel vpnd does not use (the seed: "traffic has been switched"). Host-wide: no tunnel."""
+    tunnel vpnd does not use (the vendor's guide: "traffic has been switched"). Host-wide: no tunnel."""
 
     total: int
     delta: int

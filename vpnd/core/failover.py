@@ -45,7 +45,7 @@ steer traffic onto t at start) makes t the first choice in tunnel 1's place, wit
 start-up grace; moving back to tunnel 1 later is an ordinary discretionary switch. So a vpnd
 restarted while traffic is on tunnel 2 (preempt_delay pending, preempt=false) moves nothing.
 
-Policy mode, the cloud's move (XfrmInTmplMismatch rising, the seed's signal that the cloud
+Policy mode, the cloud's move (XfrmInTmplMismatch rising, the vendor's signal that the cloud
 sends on the standby): once it rose MISMATCH_RISES times within MISMATCH_WINDOW seconds, and
 not within hold_down of the last switch (packets still in flight from our own switch), vpnd
 follows at once to the best other usable, undrained tunnel and pins it ("the cloud's

@@ -1,4 +1,4 @@
-"""Tunnel interfaces: the XFRM interfaces vpnd owns (seed 003's rc.local script, made to stay).
+"""Tunnel interfaces: the XFRM interfaces vpnd owns (the vendor's strongSwan guide's rc.local script, made to stay).
 
 `interface_kind = "xfrm"`: vpnd creates `ipsecN` (`type xfrm dev <underlay> if_id N`), brings
 it up and gives it the tunnel's BGP address; when someone deletes it, link events report

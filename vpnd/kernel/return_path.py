@@ -1,7 +1,7 @@
 """Replies to the cloud's health check leave by the tunnel its probe arrived on.
 
 The cloud pings `destination_ip` (here) from `source_ip` (its side) through each tunnel and
-moves its sending tunnel when one fails (seed 001). Left to the routing table, every reply
+moves its sending tunnel when one fails (the vendor's health-check documentation). Left to the routing table, every reply
 would leave by the route to `source_ip`, i.e. the ACTIVE tunnel: a healthy standby would
 look dead to the cloud whenever the active tunnel is, and a dead active tunnel alive while
 the standby carries its replies. So, per connection with `[connection.cloud_health_check]`:

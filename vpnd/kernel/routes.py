@@ -46,7 +46,7 @@ class Route:
 
 def owned_prefixes(conn: ConnectionConfig) -> list[str]:
     """The prefixes whose routes vpnd keeps for `conn`: the remote networks, and the /32 of
-    the cloud health check's source IP (seed 001: the on-premises route "Destination CIDR:
+    the cloud health check's source IP (the vendor's health-check documentation: the on-premises route "Destination CIDR:
     the source IP address of the health check ... Next hop: the IPsec-VPN connection")."""
     out = [str(n) for n in conn.remote_networks]
     chc = conn.cloud_health_check

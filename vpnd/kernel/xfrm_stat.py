@@ -5,7 +5,7 @@ decrypted packet against the one policy it selects: when the cloud sends on the 
 does not use, the packets fail that check, are dropped and counted as XfrmInTmplMismatch
 (measured on Debian 12's kernel 6.1 in the vm tier: exactly one count per such packet, no
 other counter moves; tests/vm/guest_policy_xfrm.py).
-The seed (003) says: if the counter keeps increasing, the cloud has switched; move to the
+The vendor's strongSwan guide says: if the counter keeps increasing, the cloud has switched; move to the
 standby. The watcher reads the counter of vpnd's network namespace on a timer (procfs has
 no notification), sets the metric on every read and reports each rise to the core, which
 decides (vpnd/core/failover.py: two rises within 2 s, then follow).

@@ -4,7 +4,7 @@ The value is a list of `Context(keys, lines)` shaped like FRR's tools/frr-reload
 context's header lines, outermost first; lines: the commands inside), so the FRR adapter can
 apply it by difference and `vpnd render frr` prints it with `.text()`.
 
-Compared with the vendor's procedure (seed 003) it adds:
+Compared with the vendor's procedure (the vendor's strongSwan guide) it adds:
 - `bgp route-map delay-timer 0`, and route-maps before `router bgp`: otherwise FRR holds the
   first updates for 5 s (lab notes).
 - standby = "prepend": every tunnel but the active one gets an outbound route-map that
@@ -144,7 +144,7 @@ def router_contexts(
     asn: int, router_id: str, neighbors: list[Neighbor], networks: list[str],
     maximum_paths: int, extra: tuple[str, ...] = (),
 ) -> list[Context]:
-    """`router bgp` and its IPv4 unicast address family, in the seed's order."""
+    """`router bgp` and its IPv4 unicast address family, in the vendor's order."""
     top: list[str] = [f"bgp router-id {router_id}", *extra]
     af: list[str] = [f"network {n}" for n in networks]
     for n in neighbors:
@@ -301,7 +301,7 @@ def frr_config(config: Config, active: Mapping[str, str | None] | None = None) -
 
 
 def router_id(conn: ConnectionConfig) -> str:
-    """bgp.router_id, else tunnel 1's local BGP address (as the seed does)."""
+    """bgp.router_id, else tunnel 1's local BGP address (as the vendor's guide does)."""
     if conn.bgp.router_id is not None:
         return str(conn.bgp.router_id)
     for t in conn.tunnels:

@@ -4,7 +4,7 @@ One builder, two outputs: `vici_conn`/`vici_secret` are the exact load-conn / lo
 bodies the VICI adapter (vpnd/charon/adapter.py) sends, and `swanctl_text` serialises the very same
 dicts, so what `vpnd render swanctl` prints is what charon gets (only the key is masked).
 
-Decisions that differ from the vendor's hand-written swanctl.conf (seed 003):
+Decisions that differ from the vendor's hand-written swanctl.conf (the vendor's strongSwan guide):
 
 - vpnd is charon's only re-initiator: `start_action = none`, `close_action = none`,
   `dpd_action = clear`, `keyingtries = 1`. vpnd supervises every tunnel and re-initiates with
@@ -16,7 +16,7 @@ Decisions that differ from the vendor's hand-written swanctl.conf (seed 003):
   `life_time = L` (seed: 85500 / 86400). We rekey before the cloud's lifetime ends, never
   after. L = 0 renders "0s": strongSwan's 0 disables rekeying and the hard limit (no expiry).
 - NAT traversal: strongSwan always detects NAT by itself (it cannot be switched off);
-  `nat_traversal = true` renders `encap = yes` as the seed does, forcing ESP-in-UDP 4500 so
+  `nat_traversal = true` renders `encap = yes` as the vendor's guide does, forcing ESP-in-UDP 4500 so
   ESP also crosses middleboxes that drop protocol 50; `false` renders `encap = no`.
 - `dpd_delay = 0` renders "0s": charon's "no DPD".
 - `unique = no` (charon's default): both tunnels may share the same identities (one egress
@@ -192,7 +192,7 @@ def vici_conn(conn: ConnectionConfig, tunnel: TunnelConfig, active: str | None =
         local_id=tunnel.local_id, remote_id=tunnel.remote_id,
         local_ts=local_ts, remote_ts=remote_ts,
         if_id=tunnel.if_id if uses_if_id(conn, tunnel) else None,
-        # Single-egress policy mode (seed 003): both children cover the same flows; the
+        # Single-egress policy mode (the vendor's strongSwan guide): both children cover the same flows; the
         # active tunnel's policies win by priority (lower value = preferred).
         priority=policy_priority(conn, tunnel, active) if conn.routing == "policy" else None,
     )

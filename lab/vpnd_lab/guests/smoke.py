@@ -1,7 +1,7 @@
 """Smoke test of the route-based dual tunnel, run inside the vm backend's guest.
 
 Proves what the host kernel cannot: two charons (kernel-netlink, real kernel ESP) bring up
-seed-003's dual tunnel on XFRM interfaces ipsec0/ipsec1 (if_id 42/43), both inner peer
+the vendor strongSwan guide's dual tunnel on XFRM interfaces ipsec0/ipsec1 (if_id 42/43), both inner peer
 addresses answer through their own interface, and the LAN->VPC route with the lower metric
 (100 vs 101) really picks the tunnel. Run: ``python -m vpnd_lab.guests.smoke [--json FILE]``.
 
@@ -172,7 +172,7 @@ class Charon:
 
 
 def swanctl_conf(side: str, psks: dict[str, str]) -> str:
-    """seed-003's dual tunnel: one IKE SA per cloud address, each child bound to its if_id."""
+    """the vendor strongSwan guide's dual tunnel: one IKE SA per cloud address, each child bound to its if_id."""
     conns, secrets_ = [], []
     for name, cloud, if_id, *_ in TUNNELS:
         local, remote = (CGW_WAN, cloud) if side == "cgw" else (cloud, CGW_WAN)
