@@ -8,9 +8,29 @@ import asyncio
 
 import pytest
 
-from test_bgp_return_path import HALVES, K1, R, T1, T2, TO_T1, TO_T2, config
+from vpnd.config.load import load_text
+from vpnd.core import events as E
 from vpnd.frr.bgp import BgpAdapter
 from vpnd.frr.vtysh import VtyshTarget
+from vpnd_testing.config_toml import bgp_config, dumps
+
+# the same example as tests/unit/test_bgp_return_path.py (tiers import nothing from each other)
+R = "router bgp 65530"
+T1, T2 = "169.254.10.1", "169.254.20.1"
+IN, OUT = "vpnd-vpc1-standby-in", "vpnd-vpc1-standby-out"
+HALVES = ["172.16.0.0/17", "172.16.128.0/17"]
+TO_T2 = [f"neighbor {T1} route-map {IN} in", f"neighbor {T1} route-map {OUT} out",
+         f"neighbor {T2} route-map allow-all in", f"neighbor {T2} route-map allow-all out"]
+TO_T1 = [f"neighbor {T1} route-map allow-all in", f"neighbor {T1} route-map allow-all out",
+         f"neighbor {T2} route-map {IN} in", f"neighbor {T2} route-map {OUT} out"]
+K1 = E.TunnelKey("vpc1", "tunnel1")
+
+
+def config(connection=None, **bgp):
+    doc = bgp_config()
+    doc["connection"][0]["bgp"].update(bgp)
+    doc["connection"][0].update(connection or {})
+    return load_text(dumps(doc))
 
 pytestmark = pytest.mark.lab
 

@@ -143,3 +143,20 @@ def test_check_and_render_import_no_adapter_library(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_test_tiers_import_nothing_from_each_other():
+    """pytest puts a tier's directory on sys.path only while it collects that tier: a test
+    module importing another tier's module works in a whole run and breaks in `pytest tests/lab`.
+    What tiers share lives in lab/vpnd_testing."""
+    tests = ROOT / "tests"
+    crossing = []
+    for tier in ("unit", "lab", "vm"):
+        for path in (tests / tier).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                for name in names:
+                    if name.startswith(("test_", "guest_")) and not (tests / tier / f"{name}.py").exists():
+                        crossing.append(f"tests/{tier}/{path.name} imports {name}")
+    assert crossing == []
