@@ -353,7 +353,7 @@ def cloud_retransmit(opts: Options) -> tuple[float, int] | None:
 def cloud_settings(lab: Lab, config: Config, opts: Options):
     """What the vendor-model controller needs, from the plan, the TOML and the options."""
     from vpnd_lab import cloud_model
-    from vpnd.render.peer import peer_conn_name
+    from vpnd_lab.cloud import peer_conn_name
 
     p = lab.plan
     conn = config.connections[0]

@@ -13,7 +13,8 @@ import pytest
 
 from test_hardening_render_psk import TRICKY, _with_psks
 from test_render_charon import _established, _lab_missing, _load, _session, netns, run_charon
-from vpnd.render import peer, swanctl
+from vpnd.render import swanctl
+from vpnd_lab import cloud as peer
 
 
 @pytest.mark.lab
