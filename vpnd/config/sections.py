@@ -236,7 +236,10 @@ class SectionReader(Reader):
     def asn(self, d: dict[str, Any], key: str, path: str, default: int) -> int | None:
         if key not in d:
             return default
-        value, problem = rules.parse_asn(d[key])
+        present, raw = self.raw(d, key, path, default)
+        if not present:
+            return None                 # a placeholder (raw said so)
+        value, problem = rules.parse_asn(raw)
         if problem:
             self.error(path, problem)
             return None
