@@ -134,3 +134,42 @@ def with_tunnel(body: dict[str, Any], index: int, **changes: Any) -> dict[str, A
         else:
             tuns[index][key] = value
     return body
+
+
+def from_config(conn) -> dict[str, Any]:
+    """The response the cloud would give for a connection configured with the same values as
+    vpnd's `conn` (a ConnectionConfig): what the lab's cloud is, in the documented shape."""
+    enc = {"aes128": "aes"}
+    hc = conn.health_check
+    body = dual_tunnel(bgp=conn.routing == "bgp", health_check=hc is not None)
+    body["Name"] = conn.name
+    body["EnableTunnelsBgp"] = conn.routing == "bgp"
+    if conn.routing == "policy":
+        body["LocalSubnet"] = ",".join(map(str, conn.remote_networks))
+        body["RemoteSubnet"] = ",".join(map(str, conn.local_networks))
+    if hc is not None:
+        body["VcoHealthCheck"].update(Sip=str(hc.destination), Dip=str(hc.source),
+                                      Interval=max(1, round(hc.interval)), Retry=hc.retries,
+                                      Policy="revoke_route" if hc.switch_route else "reserve_route")
+    tuns = sorted(body["TunnelOptionsSpecification"]["TunnelOptions"], key=lambda t: t["TunnelIndex"])
+    for t, tc in zip(tuns, conn.tunnels):
+        t["InternetIp"] = str(tc.remote_address)
+        t["EnableDpd"] = "true" if conn.dpd_delay else "false"
+        t["EnableNatTraversal"] = "true" if conn.nat_traversal else "false"
+        t["TunnelIkeConfig"].update(
+            IkeVersion=f"ikev{conn.ike.version}", IkeMode=conn.ike.mode,
+            IkeEncAlg=enc.get(conn.ike.encryption, conn.ike.encryption),
+            IkeAuthAlg=conn.ike.integrity, IkePfs=conn.ike.dh_group,
+            IkeLifetime=str(conn.ike.lifetime), LocalId=tc.remote_id, RemoteId=tc.local_id,
+            Psk=tc.psk.reveal())
+        t["TunnelIpsecConfig"].update(
+            IpsecEncAlg=enc.get(conn.ipsec.encryption, conn.ipsec.encryption),
+            IpsecAuthAlg=conn.ipsec.integrity, IpsecPfs=conn.ipsec.pfs_group,
+            IpsecLifetime=str(conn.ipsec.lifetime))
+        if conn.routing == "bgp" and tc.bgp is not None:
+            t["TunnelBgpConfig"].update(
+                LocalAsn=str(conn.bgp.peer_asn), PeerAsn=str(conn.bgp.local_asn),
+                TunnelCidr=str(tc.bgp.tunnel_cidr), LocalBgpIp=str(tc.bgp.peer_ip),
+                PeerBgpIp=str(tc.bgp.local_ip))
+    body["TunnelOptionsSpecification"]["TunnelOptions"] = list(reversed(tuns))
+    return body

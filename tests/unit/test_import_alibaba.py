@@ -346,3 +346,20 @@ def test_mapping_is_pure_data():
     imp = alibaba.from_response(r.dual_tunnel(bgp=True))
     assert imp.doc["routing"] == "bgp" and len(imp.psks) == 2
     assert [c["Role"] for c in imp.cloud] == ["master", "slave"]
+
+
+def test_the_views_call_skips_the_customer_gateways(sdk):
+    ep = Endpoint(lambda action, q: (200, r.dual_tunnel()))
+    try:
+        body, gateways = alibaba.fetch("vco-x", "cn-hangzhou", endpoint=ep.address,
+                                       credential=sdk, protocol="http", gateways=False)
+    finally:
+        ep.close()
+    assert [q["action"] for q in ep.requests] == ["DescribeVpnConnection"] and gateways == {}
+    assert body["TunnelOptionsSpecification"]["TunnelOptions"][0]["TunnelIkeConfig"]["IkePfs"] == "group14"
+
+
+def test_the_written_config_offers_the_clouds_view_commented_out(tmp_path):
+    rc, out, err = run_import(tmp_path, r.dual_tunnel(), *OURS)
+    text = conf(tmp_path).read_text()
+    assert '# [connection.cloud]\n# connection_id = "vco-bp1bbi27hojx80nck****"' in text

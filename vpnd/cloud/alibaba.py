@@ -77,6 +77,7 @@ class Imported:
     notes: list[str] = field(default_factory=list)
     placeholders: list[str] = field(default_factory=list)
     cloud: list[dict[str, Any]] = field(default_factory=list)    # per tunnel: State, Status...
+    connection_id: str | None = None
 
 
 # --- reading the documented shape ---------------------------------------------------------------
@@ -267,8 +268,10 @@ def from_response(response: dict[str, Any], side: CustomerSide | None = None) ->
     if _table(body, "VpnBgpConfig").get("AuthKey"):
         notes.append("the cloud's BGP has an authentication key (AuthKey); vpnd sets no BGP "
                      "password, so the session needs it cleared on the cloud side")
+    cid = body.get("VpnConnectionId")
     return Imported(name=name, doc=conn, comments=comments, psks=psks, notes=notes,
-                    placeholders=holes, cloud=cloud)
+                    placeholders=holes, cloud=cloud,
+                    connection_id=cid if isinstance(cid, str) and cid else None)
 
 
 def _lower(v: Any) -> Any:
@@ -437,8 +440,9 @@ def placeholder_in(v: Any) -> bool:
     return placeholder_problem(list(v) if isinstance(v, tuple) else v) is not None
 
 
-def render(imp: Imported, header: list[str]) -> str:
-    """The config file's text: the [[connection]] with its tables, the cloud's comments."""
+def render(imp: Imported, header: list[str], region: str | None = None) -> str:
+    """The config file's text: the [[connection]] with its tables, the cloud's comments, and
+    a commented-out [connection.cloud] for the cloud's view in `vpnd status`."""
     conn = imp.doc
     lines = [f"# {h}" if h else "#" for h in header] + [""]
     lines += [f"# {c}" for c in imp.comments.get("[[connection]]", [])]
@@ -451,6 +455,12 @@ def render(imp: Imported, header: list[str]) -> str:
         lines += [f"# {c}" for c in imp.comments.get(f"[connection.{key}]", [])]
         lines.append(f"[connection.{key}]")
         lines += _lines(conn[key])
+    if imp.connection_id:
+        lines += ["", "# The cloud's own view next to vpnd's in `vpnd status` and the metrics "
+                  "(needs vpnd[alibaba]", "# and credentials in the vendor's chain for the "
+                  "daemon): uncomment to use.", "# [connection.cloud]",
+                  f"# connection_id = {_toml_str(imp.connection_id)}",
+                  f"# region = {_toml_str(region or 'REGION')}", "# interval = 300"]
     for t in conn["tunnel"]:
         lines.append("")
         lines += [f"# {c}" for c in imp.comments.get(f"tunnel:{t['name']}", [])]
@@ -465,7 +475,7 @@ def render(imp: Imported, header: list[str]) -> str:
 # --- the SDK -----------------------------------------------------------------------------------
 
 def fetch(connection_id: str, region: str, *, endpoint: str | None = None,
-          credential: Any = None, protocol: str = "https",
+          credential: Any = None, protocol: str = "https", gateways: bool = True,
           timeout_ms: int = 10000) -> tuple[dict[str, Any], dict[str, str]]:
     """DescribeVpnConnection through the SDK, and each tunnel's customer gateway address
     (DescribeCustomerGateway). Credentials: the vendor's default chain (environment,
@@ -487,15 +497,15 @@ def fetch(connection_id: str, region: str, *, endpoint: str | None = None,
         resp = client.describe_vpn_connection(vpc.DescribeVpnConnectionRequest(
             region_id=region, vpn_connection_id=connection_id))
         body = resp.body.to_map()
-        gateways: dict[str, str] = {}
-        ids = {t.opts.get("CustomerGatewayId") for t in tunnels(_body(body))}
-        ids.add(body.get("CustomerGatewayId"))
+        addresses: dict[str, str] = {}
+        ids = {t.opts.get("CustomerGatewayId") for t in tunnels(_body(body))} if gateways else set()
+        ids.add(body.get("CustomerGatewayId") if gateways else None)
         for cgw in sorted(i for i in ids if isinstance(i, str) and i):
             g = client.describe_customer_gateway(vpc.DescribeCustomerGatewayRequest(
                 region_id=region, customer_gateway_id=cgw)).body
             if getattr(g, "ip_address", None):
-                gateways[cgw] = g.ip_address
-        return body, gateways
+                addresses[cgw] = g.ip_address
+        return body, addresses
     except CloudImportError:
         raise
     except Exception as exc:        # the SDK's errors carry code and message; keys never
@@ -503,3 +513,81 @@ def fetch(connection_id: str, region: str, *, endpoint: str | None = None,
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         raise CloudImportError(f"DescribeVpnConnection {connection_id} in {region} failed: "
                                f"{code + ': ' if code else ''}{message}") from None
+
+
+# --- the cloud's view, next to vpnd's (status) --------------------------------------------------
+
+# The settings both ends must agree on, as vpnd keys: (label, from the import's mapping, from
+# vpnd's config). A difference is the vendor's commonest failure ("phase 1 failed").
+def _ours(conn: Any) -> dict[str, Any]:
+    ike, ipsec = conn.ike, conn.ipsec
+    return {"ike.version": ike.version, "ike.mode": ike.mode, "ike.encryption": ike.encryption,
+            "ike.integrity": ike.integrity, "ike.dh_group": ike.dh_group,
+            "ike.lifetime": ike.lifetime, "ipsec.encryption": ipsec.encryption,
+            "ipsec.integrity": ipsec.integrity, "ipsec.pfs_group": ipsec.pfs_group,
+            "ipsec.lifetime": ipsec.lifetime, "dpd": conn.dpd_delay > 0,
+            "nat_traversal": conn.nat_traversal}
+
+
+def _per_tunnel_theirs(t: Tunnel) -> dict[str, Any]:
+    conv = {"ike.version": ("ike", "IkeVersion", lambda v: IKE_VERSION.get(str(v).lower(), v)),
+            "ike.mode": ("ike", "IkeMode", _lower), "ike.encryption": ("ike", "IkeEncAlg", _enc),
+            "ike.integrity": ("ike", "IkeAuthAlg", _lower),
+            "ike.dh_group": ("ike", "IkePfs", _lower), "ike.lifetime": ("ike", "IkeLifetime", _int),
+            "ipsec.encryption": ("ipsec", "IpsecEncAlg", _enc),
+            "ipsec.integrity": ("ipsec", "IpsecAuthAlg", _lower),
+            "ipsec.pfs_group": ("ipsec", "IpsecPfs", _lower),
+            "ipsec.lifetime": ("ipsec", "IpsecLifetime", _int),
+            "dpd": ("opts", "EnableDpd", _bool), "nat_traversal": ("opts", "EnableNatTraversal", _bool)}
+    out = {}
+    for key, (where, name, f) in conv.items():
+        v = getattr(t, where).get(name)
+        if v not in (None, ""):
+            out[key] = f(v)
+    return out
+
+
+def cloud_view(response: dict[str, Any], conn: Any) -> dict[str, Any]:
+    """What the cloud says about `conn` (a ConnectionConfig): each tunnel's State/Status
+    (matched to ours by the cloud's InternetIp = our remote_address), the health check's
+    status, and every setting where the cloud and vpnd differ. Never a key: the PSKs are
+    compared, not shown ("differs")."""
+    body = _body(response)
+    ours = _ours(conn)
+    by_ip = {str(t.remote_address): t for t in conn.tunnels}
+    tunnels_out: dict[str, Any] = {}
+    mismatches: list[dict[str, Any]] = []
+    for t in tunnels(body):
+        mine = by_ip.get(str(t.opts.get("InternetIp")))
+        if mine is None:
+            mismatches.append({"tunnel": None, "key": "remote_address",
+                               "cloud": t.opts.get("InternetIp"), "vpnd": "no such tunnel"})
+            continue
+        tunnels_out[mine.name] = {"state": t.opts.get("State"), "status": t.opts.get("Status"),
+                                  "role": t.opts.get("Role"),
+                                  "bgp_status": t.bgp.get("BgpStatus") or t.bgp.get("Status")}
+        for key, theirs in _per_tunnel_theirs(t).items():
+            if theirs != ours[key]:
+                mismatches.append({"tunnel": mine.name, "key": key, "cloud": theirs,
+                                   "vpnd": ours[key]})
+        for key, theirs, vpnd_has in (("local_id", t.ike.get("RemoteId"), mine.local_id),
+                                      ("remote_id", t.ike.get("LocalId"), mine.remote_id)):
+            if theirs and theirs != vpnd_has:
+                mismatches.append({"tunnel": mine.name, "key": key, "cloud": theirs,
+                                   "vpnd": vpnd_has})
+        psk = t.ike.get("Psk")
+        if isinstance(psk, str) and psk and psk != mine.psk.reveal():
+            mismatches.append({"tunnel": mine.name, "key": "psk", "cloud": "differs",
+                               "vpnd": "differs"})
+    hc = _table(body, "VcoHealthCheck")
+    health = None
+    if hc:
+        health = {"enabled": _bool(hc.get("Enable")), "status": hc.get("Status")}
+    return {"status": body.get("Status"), "state": body.get("State"), "tunnels": tunnels_out,
+            "health_check": health, "mismatches": mismatches}
+
+
+def mismatch_text(m: dict[str, Any]) -> str:
+    """One difference, as `vpnd status` prints it."""
+    where = f"{m['tunnel']}: " if m.get("tunnel") else ""
+    return f"{where}{m['key']}: cloud says {m['cloud']} / vpnd has {m['vpnd']}"

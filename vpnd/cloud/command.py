@@ -141,7 +141,7 @@ def _write(args: Any, imp: alibaba.Imported, source: str) -> tuple[str, list[str
         "Keys are in the psk_file files (0600). Values marked FILL IN are ours, which the cloud",
         "cannot know; `vpnd check -c` this file refuses them until they are filled in.",
         "docs/import.md: where each of the cloud's fields went. docs/configuration.md: every key.",
-    ])
+    ], region=getattr(args, "region", None))
     os.makedirs(conf_dir, exist_ok=True)
     if not os.path.isdir(psk_dir):
         os.makedirs(psk_dir, mode=0o700)

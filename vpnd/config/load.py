@@ -20,6 +20,7 @@ from vpnd.config.redact import mask_problems
 from vpnd.config.sections import (  # noqa: F401  (the key tables, imported from here by tests)
     BFD_KEYS,
     BGP_KEYS,
+    CLOUD_KEYS,
     CONNECTION_KEYS,
     DAEMON_KEYS,
     FAILOVER_KEYS,

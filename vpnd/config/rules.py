@@ -85,6 +85,19 @@ def ifname_problem(value: str) -> str | None:
     return None
 
 
+# --- The cloud's API (connection.cloud) ------------------------------------------------------
+
+_CLOUD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def cloud_id_problem(value: str) -> str | None:
+    """A cloud resource id, region or endpoint host[:port]: letters, digits, '.', '_', ':'
+    and '-' (it goes into an API request, so nothing else)."""
+    if _CLOUD_ID_RE.fullmatch(value):
+        return None
+    return "must be 1 to 128 letters, digits, '.', '_', ':' or '-' (an id, region or host:port)"
+
+
 # --- IKE identities (seed 000, LocalId / RemoteId) -------------------------------------------
 
 FQDN_MAX = 253

@@ -18,7 +18,9 @@ from vpnd.config import consistency, rules
 from vpnd.config.model import (
     DEFAULT_ROUTING,
     BfdConfig,
+    CLOUD_POLL_MIN,
     BgpConnectionConfig,
+    CloudViewConfig,
     Config,
     ConnectionConfig,
     DaemonConfig,
@@ -42,7 +44,7 @@ DAEMON_KEYS = (
 )
 CONNECTION_KEYS = (
     "name", "routing", "local_networks", "remote_networks", "dpd_delay", "nat_traversal",
-    "ike", "ipsec", "health_check", "failover", "bgp", "tunnel",
+    "ike", "ipsec", "health_check", "failover", "bgp", "tunnel", "cloud",
 )
 IKE_KEYS = (
     "version", "mode", "encryption", "integrity", "dh_group", "lifetime", "local_id", "remote_id",
@@ -64,6 +66,7 @@ TUNNEL_KEYS = (
     "probe_source", "probe_destination", "bgp",
 )
 TUNNEL_BGP_KEYS = ("tunnel_cidr", "local_ip", "peer_ip")
+CLOUD_KEYS = ("provider", "connection_id", "region", "interval", "endpoint")
 
 # Where each key belongs, to say "this key goes in [connection.ike]" for a misplaced key.
 SECTIONS = {
@@ -72,6 +75,7 @@ SECTIONS = {
     "[connection.health_check]": HEALTH_KEYS, "[connection.failover]": FAILOVER_KEYS,
     "[connection.bgp]": BGP_KEYS, "[connection.bgp.bfd]": BFD_KEYS,
     "[[connection.tunnel]]": TUNNEL_KEYS, "[connection.tunnel.bgp]": TUNNEL_BGP_KEYS,
+    "[connection.cloud]": CLOUD_KEYS,
 }
 
 PSK_FILE_MAX_BYTES = 4096
@@ -290,6 +294,21 @@ class SectionReader(Reader):
             self.error(f"{p}.router_id", f"{bgp.router_id} cannot be a router id")
         return bgp
 
+    def cloud(self, d: dict[str, Any], p: str) -> CloudViewConfig:
+        self.check_keys(d, p, CLOUD_KEYS)
+        df = defaults(CloudViewConfig)
+        return CloudViewConfig(
+            provider=self.string(d, "provider", f"{p}.provider", df.provider, ("alibaba",)),
+            connection_id=self.string(d, "connection_id", f"{p}.connection_id",
+                                      df.connection_id, check=rules.cloud_id_problem),
+            region=self.string(d, "region", f"{p}.region", df.region,
+                               check=rules.cloud_id_problem),
+            interval=self.number(d, "interval", f"{p}.interval", df.interval, CLOUD_POLL_MIN,
+                                 86400.0),
+            endpoint=self.string(d, "endpoint", f"{p}.endpoint", df.endpoint,
+                                 check=rules.cloud_id_problem),
+        )
+
     def tunnel_bgp(self, d: dict[str, Any], p: str) -> TunnelBgpConfig:
         self.check_keys(d, p, TUNNEL_BGP_KEYS)
         df = defaults(TunnelBgpConfig)
@@ -468,6 +487,8 @@ class SectionReader(Reader):
                 bgp = None
         elif routing == "bgp":
             self.error(f"{p}.bgp", "routing = \"bgp\" needs a [connection.bgp] table")
+        cloud_raw = self.table(d, "cloud", f"{p}.cloud")
+        cloud = self.cloud(cloud_raw, f"{p}.cloud") if cloud_raw is not None else None
         tunnels_raw = self.array_of_tables(d, "tunnel", f"{p}.tunnel", "[[connection.tunnel]]")
         tunnels = tuple(
             self.tunnel(t, f"{p}.tunnel[{i}]", i, tuple(ike_ids), routing)
@@ -477,7 +498,7 @@ class SectionReader(Reader):
             name=name, routing=routing, local_networks=local_networks,
             remote_networks=remote_networks, tunnels=tunnels, ike=ike, ipsec=ipsec,
             dpd_delay=dpd_delay, nat_traversal=nat_traversal, health_check=health,
-            failover=failover, bgp=bgp,
+            failover=failover, bgp=bgp, cloud=cloud,
         )
         if tunnels_raw is not None:
             consistency.connection_rules(self, conn, p)

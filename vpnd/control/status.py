@@ -78,6 +78,7 @@ class StatusBoard:
         self.probes: dict[TunnelKey, ProbeSummary] = {}
         self.bgp: dict[TunnelKey, bool] = {}
         self.bfd: dict[TunnelKey, bool] = {}
+        self.cloud: dict[str, dict] = {}        # connection -> the cloud's view (vpnd.cloud.view)
 
     def observe(self, event: object) -> None:
         """Called by the supervisor with every event before the core sees it."""
@@ -134,6 +135,7 @@ class StatusBoard:
                 if c.get("next_decision_at") is not None else None,
                 "tunnels": tunnels,
             }
+        self._add_cloud_view(connections)
         return {
             "version": STATUS_VERSION,
             "daemon": {"pid": os.getpid(), "started": _iso(self._started_wall),
@@ -141,6 +143,12 @@ class StatusBoard:
                        "config": config.source},
             "connections": connections,
         }
+
+    def _add_cloud_view(self, connections: dict[str, Any]) -> None:
+        """The cloud's own view ([connection.cloud]) beside vpnd's: its tunnel status, its
+        health check, the settings where it and vpnd differ. None when not configured."""
+        for name, c in connections.items():
+            c["cloud"] = self.cloud.get(name)
 
     def _bgp(self, has_bgp: bool, key: TunnelKey) -> dict[str, Any] | None:
         if not has_bgp and key not in self.bgp:
