@@ -167,3 +167,22 @@ def test_cloud_table_is_read_and_limited_to_once_a_minute():
     with pytest.raises(ConfigError) as e:
         load_text(CLOUD_TOML.replace('region = "cn-hangzhou"', 'region = "cn hangzhou/x"'))
     assert "connection[0].cloud.region" in str(e.value)
+
+
+def test_status_carries_the_view_per_connection(tmp_path):
+    from vpnd.control.status import StatusBoard
+
+    config = imported(tmp_path)
+    name = config.connections[0].name
+    tun = {"state": "established", "reason": "CHILD SA installed", "since": 0.0, "ike_id": 1,
+           "child_id": 2, "usable": True, "why_not_usable": "", "drained": False}
+    engine = {name: {"tunnels": {"tunnel1": tun, "tunnel2": tun}, "active": "tunnel1",
+                     "state": "active", "reason": "tunnel1 usable", "pinned": None}}
+    board = StatusBoard(lambda: config, lambda: engine, clock=lambda: 10.0)
+    assert board.status()["connections"][name]["cloud"] is None
+    board.cloud[name] = {**alibaba.cloud_view(r.dual_tunnel(), config.connections[0]),
+                         "error": None, "asked_at": "2026-12-03T07:00:00Z"}
+    status = board.status()
+    assert status["connections"][name]["cloud"]["tunnels"]["tunnel2"]["role"] == "slave"
+    assert "cloud (2026-12-03T07:00:00Z): tunnel1 ipsec_sa_established (active)" in render(status)
+    assert r.PSK_1 not in json.dumps(status)
