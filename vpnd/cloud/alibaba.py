@@ -158,9 +158,9 @@ def _same(tuns: list[Tunnel], what: str, values: list[Any], notes: list[str]) ->
 def connection_name(body: dict[str, Any], side: CustomerSide) -> str:
     """--name, else the cloud's Name, else its VpnConnectionId, as a vpnd name (letters,
     digits, '_' and '-', at most 32)."""
-    for candidate in (side.name, body.get("Name"), body.get("VpnConnectionId")):
-        if side.name is not None and candidate is side.name:
-            return side.name            # the operator's own: the loader judges it
+    if side.name is not None:
+        return side.name                # the operator's own: the loader judges it
+    for candidate in (body.get("Name"), body.get("VpnConnectionId")):
         if isinstance(candidate, str):
             name = _NAME_BAD.sub("-", candidate).strip("-")[:32]
             if name:
