@@ -112,7 +112,7 @@ class Metrics:
         self.xfrm_tmpl_mismatch = Gauge("vpnd_xfrm_in_tmpl_mismatch",
                                         "XfrmInTmplMismatch from /proc/net/xfrm_stat (policy mode)",
                                         registry=r)
-        # the cloud's own view ([connection.cloud]); series only once the cloud was asked
+        # the cloud's own view ([connection.cloud_api]); series only once the cloud was asked
         self.cloud_tunnel_established = Gauge(
             "vpnd_cloud_tunnel_established",
             "1 while the cloud says the tunnel's phase 2 is established (ipsec_sa_established)",

@@ -1,4 +1,4 @@
-"""The cloud's own view ([connection.cloud]): its tunnel status and health check next to
+"""The cloud's own view ([connection.cloud_api]): its tunnel status and health check next to
 vpnd's, a setting that differs shown as "cloud says ... / vpnd has ...", at most one API call
 a minute per connection, a failed call shown without losing the last view, and the metrics."""
 
@@ -56,7 +56,7 @@ def test_the_cloud_changed_its_dh_group(tmp_path):
                      "tunnel2: ike.dh_group: cloud says group5 / vpnd has group14"]
     shown = render({"daemon": {}, "connections": {conn.name: {
         "routing": "route", "state": "active", "active": "tunnel1", "reason": "r",
-        "pinned": False, "tunnels": {}, "cloud": {**view, "asked_at": "2026-12-03T07:00:00Z"}}}})
+        "pinned": False, "tunnels": {}, "cloud_view": {**view, "asked_at": "2026-12-03T07:00:00Z"}}}})
     assert "MISMATCH tunnel1: ike.dh_group: cloud says group5 / vpnd has group14" in shown
     assert "cloud (2026-12-03T07:00:00Z): tunnel1 ike_sa_not_established (active)" in shown
     assert "health check success" in shown
@@ -82,7 +82,7 @@ class Clock:
 
 def watch(tmp_path, fetch, clock):
     config = imported(tmp_path)
-    conn = replace(config.connections[0], cloud=load_text(CLOUD_TOML).connections[0].cloud)
+    conn = replace(config.connections[0], cloud_api=load_text(CLOUD_TOML).connections[0].cloud_api)
     config = replace(config, connections=(conn,))
     got = []
     w = CloudWatch(lambda: config, lambda name, view: got.append((name, view)), fetch=fetch,
@@ -141,7 +141,7 @@ CLOUD_TOML = """
 name = "vpc1"
 local_networks = ["172.16.0.0/16"]
 remote_networks = ["192.168.0.0/16"]
-[connection.cloud]
+[connection.cloud_api]
 connection_id = "vco-bp1bbi27hojx80nck"
 region = "cn-hangzhou"
 interval = %s
@@ -158,15 +158,15 @@ CLOUD_TOML, _CLOUD_TMPL = CLOUD_TOML % "60", CLOUD_TOML
 
 
 def test_cloud_table_is_read_and_limited_to_once_a_minute():
-    c = load_text(CLOUD_TOML).connections[0].cloud
+    c = load_text(CLOUD_TOML).connections[0].cloud_api
     assert (c.provider, c.connection_id, c.region, c.interval, c.endpoint) == \
         ("alibaba", "vco-bp1bbi27hojx80nck", "cn-hangzhou", 60.0, None)
     with pytest.raises(ConfigError) as e:
         load_text(_CLOUD_TMPL % "30")
-    assert "connection[0].cloud.interval: 30 out of range: must be at least 60" in str(e.value)
+    assert "connection[0].cloud_api.interval: 30 out of range: must be at least 60" in str(e.value)
     with pytest.raises(ConfigError) as e:
         load_text(CLOUD_TOML.replace('region = "cn-hangzhou"', 'region = "cn hangzhou/x"'))
-    assert "connection[0].cloud.region" in str(e.value)
+    assert "connection[0].cloud_api.region" in str(e.value)
 
 
 def test_status_carries_the_view_per_connection(tmp_path):
@@ -179,10 +179,10 @@ def test_status_carries_the_view_per_connection(tmp_path):
     engine = {name: {"tunnels": {"tunnel1": tun, "tunnel2": tun}, "active": "tunnel1",
                      "state": "active", "reason": "tunnel1 usable", "pinned": None}}
     board = StatusBoard(lambda: config, lambda: engine, clock=lambda: 10.0)
-    assert board.status()["connections"][name]["cloud"] is None
+    assert board.status()["connections"][name]["cloud_view"] is None
     board.cloud[name] = {**alibaba.cloud_view(r.dual_tunnel(), config.connections[0]),
                          "error": None, "asked_at": "2026-12-03T07:00:00Z"}
     status = board.status()
-    assert status["connections"][name]["cloud"]["tunnels"]["tunnel2"]["role"] == "slave"
+    assert status["connections"][name]["cloud_view"]["tunnels"]["tunnel2"]["role"] == "slave"
     assert "cloud (2026-12-03T07:00:00Z): tunnel1 ipsec_sa_established (active)" in render(status)
     assert r.PSK_1 not in json.dumps(status)

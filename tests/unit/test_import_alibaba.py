@@ -362,4 +362,4 @@ def test_the_views_call_skips_the_customer_gateways(sdk):
 def test_the_written_config_offers_the_clouds_view_commented_out(tmp_path):
     rc, out, err = run_import(tmp_path, r.dual_tunnel(), *OURS)
     text = conf(tmp_path).read_text()
-    assert '# [connection.cloud]\n# connection_id = "vco-bp1bbi27hojx80nck****"' in text
+    assert '# [connection.cloud_api]\n# connection_id = "vco-bp1bbi27hojx80nck****"' in text

@@ -458,7 +458,7 @@ def render(imp: Imported, header: list[str], region: str | None = None) -> str:
     if imp.connection_id:
         lines += ["", "# The cloud's own view next to vpnd's in `vpnd status` and the metrics "
                   "(needs vpnd[alibaba]", "# and credentials in the vendor's chain for the "
-                  "daemon): uncomment to use.", "# [connection.cloud]",
+                  "daemon): uncomment to use.", "# [connection.cloud_api]",
                   f"# connection_id = {_toml_str(imp.connection_id)}",
                   f"# region = {_toml_str(region or 'REGION')}", "# interval = 300"]
     for t in conn["tunnel"]:

@@ -1,4 +1,4 @@
-"""The cloud's own view of each connection ([connection.cloud]), asked of its API at most once a
+"""The cloud's own view of each connection ([connection.cloud_api]), asked of its API at most once a
 minute and handed to `vpnd status` and the metrics: the cloud's tunnel status, its health
 check, and every setting where it and vpnd differ ("cloud says ... / vpnd has ...").
 
@@ -22,12 +22,12 @@ Fetch = Callable[[ConnectionConfig], dict]
 
 def fetch_alibaba(conn: ConnectionConfig) -> dict:
     """One DescribeVpnConnection for `conn` (the customer gateways are not asked)."""
-    c = conn.cloud
+    c = conn.cloud_api
     return alibaba.fetch(c.connection_id, c.region, endpoint=c.endpoint, gateways=False)[0]
 
 
 class CloudWatch:
-    """Polls every connection that has [connection.cloud]; `sink(name, view)` receives each
+    """Polls every connection that has [connection.cloud_api]; `sink(name, view)` receives each
     result (the view, or the last view with `error` set; None once the table is gone)."""
 
     def __init__(self, config: Callable[[], Config], sink: Callable[[str, dict | None], None],
@@ -44,11 +44,11 @@ class CloudWatch:
     async def poll_once(self) -> float:
         """Ask every connection that is due; returns the seconds until the next is."""
         now = self._clock()
-        conns = [c for c in self._config().connections if c.cloud is not None]
+        conns = [c for c in self._config().connections if c.cloud_api is not None]
         for conn in conns:
             if self._due.get(conn.name, now) > now:
                 continue
-            self._due[conn.name] = now + max(self._min, conn.cloud.interval)
+            self._due[conn.name] = now + max(self._min, conn.cloud_api.interval)
             view = dict(self.last.get(conn.name, {}))
             try:
                 body = await asyncio.to_thread(self._fetch, conn)
@@ -62,7 +62,7 @@ class CloudWatch:
             self.last[conn.name] = view
             self._sink(conn.name, view)
         names = {c.name for c in conns}
-        for gone in set(self._due) - names:         # a reload took [connection.cloud] away
+        for gone in set(self._due) - names:         # a reload took [connection.cloud_api] away
             del self._due[gone]
             self.last.pop(gone, None)
             self._sink(gone, None)

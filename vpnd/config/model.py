@@ -213,7 +213,7 @@ class ConnectionConfig:
     health_check: HealthCheckConfig | None = None
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     bgp: BgpConnectionConfig | None = None      # present iff routing == "bgp"
-    cloud: CloudViewConfig | None = None        # the cloud's view in status (optional)
+    cloud_api: CloudViewConfig | None = None    # the cloud's view in status (optional)
 
     @property
     def legacy_single_tunnel(self) -> bool:

@@ -85,7 +85,7 @@ def ifname_problem(value: str) -> str | None:
     return None
 
 
-# --- The cloud's API (connection.cloud) ------------------------------------------------------
+# --- The cloud's API (connection.cloud_api) ----------------------------------------------------
 
 _CLOUD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 

@@ -44,7 +44,7 @@ DAEMON_KEYS = (
 )
 CONNECTION_KEYS = (
     "name", "routing", "local_networks", "remote_networks", "dpd_delay", "nat_traversal",
-    "ike", "ipsec", "health_check", "failover", "bgp", "tunnel", "cloud",
+    "ike", "ipsec", "health_check", "failover", "bgp", "tunnel", "cloud_api",
 )
 IKE_KEYS = (
     "version", "mode", "encryption", "integrity", "dh_group", "lifetime", "local_id", "remote_id",
@@ -75,7 +75,7 @@ SECTIONS = {
     "[connection.health_check]": HEALTH_KEYS, "[connection.failover]": FAILOVER_KEYS,
     "[connection.bgp]": BGP_KEYS, "[connection.bgp.bfd]": BFD_KEYS,
     "[[connection.tunnel]]": TUNNEL_KEYS, "[connection.tunnel.bgp]": TUNNEL_BGP_KEYS,
-    "[connection.cloud]": CLOUD_KEYS,
+    "[connection.cloud_api]": CLOUD_KEYS,
 }
 
 PSK_FILE_MAX_BYTES = 4096
@@ -294,7 +294,7 @@ class SectionReader(Reader):
             self.error(f"{p}.router_id", f"{bgp.router_id} cannot be a router id")
         return bgp
 
-    def cloud(self, d: dict[str, Any], p: str) -> CloudViewConfig:
+    def cloud_api(self, d: dict[str, Any], p: str) -> CloudViewConfig:
         self.check_keys(d, p, CLOUD_KEYS)
         df = defaults(CloudViewConfig)
         return CloudViewConfig(
@@ -487,8 +487,8 @@ class SectionReader(Reader):
                 bgp = None
         elif routing == "bgp":
             self.error(f"{p}.bgp", "routing = \"bgp\" needs a [connection.bgp] table")
-        cloud_raw = self.table(d, "cloud", f"{p}.cloud")
-        cloud = self.cloud(cloud_raw, f"{p}.cloud") if cloud_raw is not None else None
+        api_raw = self.table(d, "cloud_api", f"{p}.cloud_api")
+        cloud_api = self.cloud_api(api_raw, f"{p}.cloud_api") if api_raw is not None else None
         tunnels_raw = self.array_of_tables(d, "tunnel", f"{p}.tunnel", "[[connection.tunnel]]")
         tunnels = tuple(
             self.tunnel(t, f"{p}.tunnel[{i}]", i, tuple(ike_ids), routing)
@@ -498,7 +498,7 @@ class SectionReader(Reader):
             name=name, routing=routing, local_networks=local_networks,
             remote_networks=remote_networks, tunnels=tunnels, ike=ike, ipsec=ipsec,
             dpd_delay=dpd_delay, nat_traversal=nat_traversal, health_check=health,
-            failover=failover, bgp=bgp, cloud=cloud,
+            failover=failover, bgp=bgp, cloud_api=cloud_api,
         )
         if tunnels_raw is not None:
             consistency.connection_rules(self, conn, p)

@@ -117,12 +117,12 @@ def render(status: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
         for r in rows:
             lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
-        lines += _cloud_lines(c.get("cloud"))
+        lines += _cloud_lines(c.get("cloud_view"))
     return "\n".join(lines) + "\n"
 
 
 def _cloud_lines(view: dict[str, Any] | None) -> list[str]:
-    """The cloud's own view ([connection.cloud]) under vpnd's, and each setting that differs."""
+    """The cloud's own view ([connection.cloud_api]) under vpnd's, and each setting that differs."""
     if not view:
         return []
     out = []

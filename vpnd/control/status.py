@@ -145,10 +145,10 @@ class StatusBoard:
         }
 
     def _add_cloud_view(self, connections: dict[str, Any]) -> None:
-        """The cloud's own view ([connection.cloud]) beside vpnd's: its tunnel status, its
+        """The cloud's own view ([connection.cloud_api]) beside vpnd's: its tunnel status, its
         health check, the settings where it and vpnd differ. None when not configured."""
         for name, c in connections.items():
-            c["cloud"] = self.cloud.get(name)
+            c["cloud_view"] = self.cloud.get(name)
 
     def _bgp(self, has_bgp: bool, key: TunnelKey) -> dict[str, Any] | None:
         if not has_bgp and key not in self.bgp:

@@ -365,7 +365,7 @@ class Daemon:
         return board
 
     async def _cloud_view(self) -> None:
-        """The cloud's own view ([connection.cloud]) into status and metrics, at most once a
+        """The cloud's own view ([connection.cloud_api]) into status and metrics, at most once a
         minute per connection; idle without one (a reload may add it)."""
         from vpnd.cloud.view import CloudWatch
 
