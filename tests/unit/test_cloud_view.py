@@ -186,3 +186,11 @@ def test_status_carries_the_view_per_connection(tmp_path):
     assert status["connections"][name]["cloud_view"]["tunnels"]["tunnel2"]["role"] == "slave"
     assert "cloud (2026-12-03T07:00:00Z): tunnel1 ipsec_sa_established (active)" in render(status)
     assert r.PSK_1 not in json.dumps(status)
+
+
+def test_plain_http_endpoint_only_to_loopback():
+    ok = load_text(CLOUD_TOML.replace('interval = 60', 'interval = 60\nendpoint = "http://127.0.0.1:8080"'))
+    assert ok.connections[0].cloud_api.endpoint == "http://127.0.0.1:8080"
+    with pytest.raises(ConfigError) as e:
+        load_text(CLOUD_TOML.replace('interval = 60', 'interval = 60\nendpoint = "http://198.18.0.9"'))
+    assert "plain http:// is allowed only to a loopback address" in str(e.value)

@@ -23,7 +23,11 @@ Fetch = Callable[[ConnectionConfig], dict]
 def fetch_alibaba(conn: ConnectionConfig) -> dict:
     """One DescribeVpnConnection for `conn` (the customer gateways are not asked)."""
     c = conn.cloud_api
-    return alibaba.fetch(c.connection_id, c.region, endpoint=c.endpoint, gateways=False)[0]
+    endpoint, protocol = c.endpoint, "https"
+    if endpoint and endpoint.startswith("http://"):     # loopback only (the loader says so)
+        endpoint, protocol = endpoint[len("http://"):], "http"
+    return alibaba.fetch(c.connection_id, c.region, endpoint=endpoint, protocol=protocol,
+                         gateways=False)[0]
 
 
 class CloudWatch:

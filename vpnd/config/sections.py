@@ -306,7 +306,7 @@ class SectionReader(Reader):
             interval=self.number(d, "interval", f"{p}.interval", df.interval, CLOUD_POLL_MIN,
                                  86400.0),
             endpoint=self.string(d, "endpoint", f"{p}.endpoint", df.endpoint,
-                                 check=rules.cloud_id_problem),
+                                 check=rules.cloud_endpoint_problem),
         )
 
     def tunnel_bgp(self, d: dict[str, Any], p: str) -> TunnelBgpConfig:
