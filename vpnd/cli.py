@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _control_commands(sub)
 
+    from vpnd.cloud.command import add_parser as import_parser   # no SDK: it is lazy there
+    import_parser(sub)
+
     if lab_installed():
         # Listed for --help only: main() hands `vpnd lab ...` to vpnd_lab.cli before parsing.
         sub.add_parser("lab", help="a real dual-tunnel lab in network namespaces on this machine "
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         from vpnd.run.main import main as run
     elif args.command in ("status", "failover", "drain", "undrain"):
         from vpnd.control.cli import main as run
+    elif args.command == "import":
+        from vpnd.cloud.command import main as run
     try:
         return run(args)
     except KeyboardInterrupt:

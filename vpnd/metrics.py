@@ -112,6 +112,20 @@ class Metrics:
         self.xfrm_tmpl_mismatch = Gauge("vpnd_xfrm_in_tmpl_mismatch",
                                         "XfrmInTmplMismatch from /proc/net/xfrm_stat (policy mode)",
                                         registry=r)
+        # the cloud's own view ([connection.cloud_api]); series only once the cloud was asked
+        self.cloud_tunnel_established = Gauge(
+            "vpnd_cloud_tunnel_established",
+            "1 while the cloud says the tunnel's phase 2 is established (ipsec_sa_established)",
+            lt, registry=r)
+        self.cloud_health_check_ok = Gauge(
+            "vpnd_cloud_health_check_ok", "1 while the cloud's own health check succeeds",
+            ["connection"], registry=r)
+        self.cloud_mismatches = Gauge(
+            "vpnd_cloud_mismatches", "Settings where the cloud and vpnd differ",
+            ["connection"], registry=r)
+        self.cloud_last_success = Gauge(
+            "vpnd_cloud_last_success_timestamp_seconds",
+            "When the cloud's API last answered", ["connection"], registry=r)
 
     def declare(self, config: Config, only: set[TunnelKey] | None = None) -> None:
         """Create every tunnel's series up front, so a never-negotiated tunnel still reads 0.
@@ -219,6 +233,19 @@ class Metrics:
             self.probes_lost.labels(connection, tunnel).inc()
         if loss_ratio is not None:
             self.probe_loss.labels(connection, tunnel).set(loss_ratio)
+
+    def cloud_view(self, connection: str, view: dict, now: float | None = None) -> None:
+        """The cloud's answer (vpnd.cloud.view); a failed call leaves the last values."""
+        if view.get("error"):
+            return
+        for tunnel, t in (view.get("tunnels") or {}).items():
+            self.cloud_tunnel_established.labels(connection, tunnel).set(
+                1 if t.get("status") == "ipsec_sa_established" else 0)
+        hc = view.get("health_check")
+        if hc and hc.get("enabled"):
+            self.cloud_health_check_ok.labels(connection).set(1 if hc.get("status") == "success" else 0)
+        self.cloud_mismatches.labels(connection).set(len(view.get("mismatches") or ()))
+        self.cloud_last_success.labels(connection).set(time.time() if now is None else now)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,6 +26,7 @@ TABLES = {
     model.BfdConfig: ("connection.bgp.bfd", load.BFD_KEYS),
     model.TunnelConfig: ("connection.tunnel", load.TUNNEL_KEYS),
     model.TunnelBgpConfig: ("connection.tunnel.bgp", load.TUNNEL_BGP_KEYS),
+    model.CloudViewConfig: ("connection.cloud_api", load.CLOUD_KEYS),
 }
 RENAMED = {"tunnels": "tunnel"}         # field name -> TOML key
 

@@ -21,6 +21,7 @@ from vpnd.config.sections import (  # noqa: F401  (the key tables, imported from
     BFD_KEYS,
     BGP_KEYS,
     CLOUD_HEALTH_KEYS,
+    CLOUD_KEYS,
     CONNECTION_KEYS,
     DAEMON_KEYS,
     FAILOVER_KEYS,

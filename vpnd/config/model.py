@@ -161,6 +161,22 @@ class TunnelBgpConfig:
     peer_ip: IPv4Address                        # the cloud's, inside tunnel_cidr
 
 
+CLOUD_POLL_MIN = 60.0                          # the cloud's API is asked at most once a minute
+
+
+@dataclass(frozen=True)
+class CloudViewConfig:
+    """The cloud's own view of this connection, shown next to vpnd's (`vpnd status`,
+    metrics): asked of the cloud's API (vpnd[alibaba]) every `interval` seconds, never
+    more often than once a minute; credentials from the vendor's default chain."""
+
+    connection_id: str                          # the cloud's id (Alibaba: vco-...)
+    region: str                                 # e.g. cn-hangzhou
+    provider: Literal["alibaba"] = "alibaba"
+    interval: float = 300.0                     # seconds between two calls, >= 60
+    endpoint: str | None = None                 # None: the provider's public endpoint
+
+
 # Tunnel N (index N - 1) defaults to interface ipsec{N-1}, XFRM if_id 42+{N-1} and route
 # metric 100+{N-1}: the two tunnels must differ in all three, and tunnel 1 is preferred.
 TUNNEL_IF_ID_BASE = 42
@@ -220,6 +236,7 @@ class ConnectionConfig:
     cloud_health_check: CloudHealthCheckConfig | None = None    # the cloud console's
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     bgp: BgpConnectionConfig | None = None      # present iff routing == "bgp"
+    cloud_api: CloudViewConfig | None = None    # the cloud's view in status (optional)
 
     @property
     def legacy_single_tunnel(self) -> bool:

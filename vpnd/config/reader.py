@@ -20,6 +20,25 @@ from vpnd.config.model import ConfigError, Problem
 
 REQUIRED: Any = object()            # a getter's default meaning "the key must be present"
 
+# A value someone must still fill in, as `vpnd import` writes it ("<fill in: our IKE address>"):
+# refused wherever it stands, by saying what to fill in rather than "not an IPv4 address".
+_PLACEHOLDER = re.compile(r"<fill in: ([^<>]+)>")
+
+
+def placeholder(what: str) -> str:
+    """The marked value for a key the writer cannot know; `what` says what belongs there."""
+    return f"<fill in: {what}>"
+
+
+def placeholder_problem(value: object) -> str | None:
+    """The message for a placeholder (or an array holding one), else None."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        m = _PLACEHOLDER.fullmatch(item) if isinstance(item, str) else None
+        if m:
+            return f"placeholder left by `vpnd import`: fill in {m.group(1)}"
+    return None
+
 _TYPE_NAMES = {
     bool: "a boolean", int: "an integer", float: "a float", str: "a string",
     list: "an array", dict: "a table",
@@ -101,7 +120,12 @@ class Reader:
             self.error(where, f"unknown key{hint}")
 
     def raw(self, data: dict[str, Any], key: str, path: str, default: Any) -> tuple[bool, Any]:
+        """(present, value); a placeholder is an error here, read as absent without a value."""
         if key in data:
+            problem = placeholder_problem(data[key])
+            if problem:
+                self.error(path, problem)
+                return False, None
             return True, data[key]
         if default is REQUIRED:
             self.error(path, "required key is missing")

@@ -85,6 +85,33 @@ def ifname_problem(value: str) -> str | None:
     return None
 
 
+# --- The cloud's API (connection.cloud_api) ----------------------------------------------------
+
+_CLOUD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+# Plain HTTP only to loopback (a local proxy, or a test's endpoint): credentials and the
+# answer (it carries the keys) never cross a network unencrypted.
+_LOOPBACK_HTTP_RE = re.compile(r"http://127\.\d{1,3}\.\d{1,3}\.\d{1,3}(:\d{1,5})?")
+
+
+def cloud_endpoint_problem(value: str) -> str | None:
+    """host[:port] (HTTPS), or http://127.x.x.x[:port] (loopback only)."""
+    if value.startswith("http://"):
+        if _LOOPBACK_HTTP_RE.fullmatch(value):
+            return None
+        return "plain http:// is allowed only to a loopback address (http://127.0.0.1:PORT)"
+    return cloud_id_problem(value)
+
+
+def cloud_id_problem(value: str) -> str | None:
+    """A cloud resource id, region or endpoint host[:port]: letters, digits, '.', '_', ':'
+    and '-' (it goes into an API request, so nothing else)."""
+    if _CLOUD_ID_RE.fullmatch(value):
+        return None
+    return "must be 1 to 128 letters, digits, '.', '_', ':' or '-' (an id, region or host:port)"
+
+
 # --- IKE identities (the vendor's IPsec-VPN documentation, LocalId / RemoteId) -------------------------------------------
 
 FQDN_MAX = 253

@@ -18,8 +18,10 @@ from vpnd.config import consistency, rules
 from vpnd.config.model import (
     DEFAULT_ROUTING,
     BfdConfig,
+    CLOUD_POLL_MIN,
     BgpConnectionConfig,
     CloudHealthCheckConfig,
+    CloudViewConfig,
     Config,
     ConnectionConfig,
     DaemonConfig,
@@ -44,6 +46,7 @@ DAEMON_KEYS = (
 CONNECTION_KEYS = (
     "name", "routing", "local_networks", "remote_networks", "dpd_delay", "nat_traversal",
     "ike", "ipsec", "health_check", "cloud_health_check", "failover", "bgp", "tunnel",
+    "cloud_api",
 )
 IKE_KEYS = (
     "version", "mode", "encryption", "integrity", "dh_group", "lifetime", "local_id", "remote_id",
@@ -66,6 +69,7 @@ TUNNEL_KEYS = (
     "probe_source", "probe_destination", "bgp",
 )
 TUNNEL_BGP_KEYS = ("tunnel_cidr", "local_ip", "peer_ip")
+CLOUD_KEYS = ("provider", "connection_id", "region", "interval", "endpoint")
 
 # Where each key belongs, to say "this key goes in [connection.ike]" for a misplaced key.
 SECTIONS = {
@@ -75,6 +79,7 @@ SECTIONS = {
     "[connection.cloud_health_check]": CLOUD_HEALTH_KEYS,
     "[connection.bgp]": BGP_KEYS, "[connection.bgp.bfd]": BFD_KEYS,
     "[[connection.tunnel]]": TUNNEL_KEYS, "[connection.tunnel.bgp]": TUNNEL_BGP_KEYS,
+    "[connection.cloud_api]": CLOUD_KEYS,
 }
 
 PSK_FILE_MAX_BYTES = 4096
@@ -254,7 +259,10 @@ class SectionReader(Reader):
     def asn(self, d: dict[str, Any], key: str, path: str, default: int) -> int | None:
         if key not in d:
             return default
-        value, problem = rules.parse_asn(d[key])
+        present, raw = self.raw(d, key, path, default)
+        if not present:
+            return None                 # a placeholder (raw said so)
+        value, problem = rules.parse_asn(raw)
         if problem:
             self.error(path, problem)
             return None
@@ -306,6 +314,21 @@ class SectionReader(Reader):
         if rid is not None and (rid.is_unspecified or rid.is_multicast):
             self.error(f"{p}.router_id", f"{bgp.router_id} cannot be a router id")
         return bgp
+
+    def cloud_api(self, d: dict[str, Any], p: str) -> CloudViewConfig:
+        self.check_keys(d, p, CLOUD_KEYS)
+        df = defaults(CloudViewConfig)
+        return CloudViewConfig(
+            provider=self.string(d, "provider", f"{p}.provider", df.provider, ("alibaba",)),
+            connection_id=self.string(d, "connection_id", f"{p}.connection_id",
+                                      df.connection_id, check=rules.cloud_id_problem),
+            region=self.string(d, "region", f"{p}.region", df.region,
+                               check=rules.cloud_id_problem),
+            interval=self.number(d, "interval", f"{p}.interval", df.interval, CLOUD_POLL_MIN,
+                                 86400.0),
+            endpoint=self.string(d, "endpoint", f"{p}.endpoint", df.endpoint,
+                                 check=rules.cloud_endpoint_problem),
+        )
 
     def tunnel_bgp(self, d: dict[str, Any], p: str) -> TunnelBgpConfig:
         self.check_keys(d, p, TUNNEL_BGP_KEYS)
@@ -489,6 +512,8 @@ class SectionReader(Reader):
                 bgp = None
         elif routing == "bgp":
             self.error(f"{p}.bgp", "routing = \"bgp\" needs a [connection.bgp] table")
+        api_raw = self.table(d, "cloud_api", f"{p}.cloud_api")
+        cloud_api = self.cloud_api(api_raw, f"{p}.cloud_api") if api_raw is not None else None
         tunnels_raw = self.array_of_tables(d, "tunnel", f"{p}.tunnel", "[[connection.tunnel]]")
         tunnels = tuple(
             self.tunnel(t, f"{p}.tunnel[{i}]", i, tuple(ike_ids), routing)
@@ -498,7 +523,7 @@ class SectionReader(Reader):
             name=name, routing=routing, local_networks=local_networks,
             remote_networks=remote_networks, tunnels=tunnels, ike=ike, ipsec=ipsec,
             dpd_delay=dpd_delay, nat_traversal=nat_traversal, health_check=health,
-            cloud_health_check=cloud_hc, failover=failover, bgp=bgp,
+            cloud_health_check=cloud_hc, failover=failover, bgp=bgp, cloud_api=cloud_api,
         )
         if tunnels_raw is not None:
             consistency.connection_rules(self, conn, p)

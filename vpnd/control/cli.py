@@ -132,7 +132,29 @@ def render(status: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
         for r in rows:
             lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+        lines += _cloud_lines(c.get("cloud_view"))
     return "\n".join(lines) + "\n"
+
+
+def _cloud_lines(view: dict[str, Any] | None) -> list[str]:
+    """The cloud's own view ([connection.cloud_api]) under vpnd's, and each setting that differs."""
+    if not view:
+        return []
+    out = []
+    if view.get("tunnels") or view.get("health_check"):
+        bits = [f"{t} {v.get('status') or '?'} ({v.get('state') or '?'})"
+                for t, v in view.get("tunnels", {}).items()]
+        hc = view.get("health_check")
+        if hc:
+            bits.append(f"health check {hc.get('status') or '?'}" if hc.get("enabled")
+                        else "health check disabled")
+        out.append(f"  cloud ({view.get('asked_at') or 'not asked yet'}): " + ", ".join(bits))
+    for m in view.get("mismatches", []):
+        where = f"{m['tunnel']}: " if m.get("tunnel") else ""
+        out.append(f"  MISMATCH {where}{m['key']}: cloud says {m['cloud']} / vpnd has {m['vpnd']}")
+    if view.get("error"):
+        out.append(f"  cloud: last call failed: {view['error']}")
+    return out
 
 
 def _headline(c: dict[str, Any]) -> str:

@@ -126,6 +126,7 @@ class StatusBoard:
         self.probes: dict[TunnelKey, ProbeSummary] = {}
         self.bgp: dict[TunnelKey, bool] = {}
         self.bfd: dict[TunnelKey, bool] = {}
+        self.cloud: dict[str, dict] = {}        # connection -> the cloud's view (vpnd.cloud.view)
 
     def observe(self, event: object) -> None:
         """Called by the supervisor with every event before the core sees it."""
@@ -192,6 +193,7 @@ class StatusBoard:
             }
             if conn.has_bgp:
                 connections[conn.name]["return_path"] = _return_path(conn, c["active"])
+        self._add_cloud_view(connections)
         return {
             "version": STATUS_VERSION,
             "daemon": {"pid": os.getpid(), "started": _iso(self._started_wall),
@@ -200,6 +202,12 @@ class StatusBoard:
             "charon": _charon_json(gone, wall),
             "connections": connections,
         }
+
+    def _add_cloud_view(self, connections: dict[str, Any]) -> None:
+        """The cloud's own view ([connection.cloud_api]) beside vpnd's: its tunnel status, its
+        health check, the settings where it and vpnd differ. None when not configured."""
+        for name, c in connections.items():
+            c["cloud_view"] = self.cloud.get(name)
 
     def _bgp(self, has_bgp: bool, key: TunnelKey) -> dict[str, Any] | None:
         if not has_bgp and key not in self.bgp:

@@ -177,6 +177,7 @@ class Daemon:
         control = await self._start_control()
         lag = asyncio.create_task(self._loop_lag(), name="loop-lag")
         ready = asyncio.create_task(self._announce_ready(), name="ready")
+        cloud = asyncio.create_task(self._cloud_view(), name="cloud-view")
         await self.sup.stopping.wait()
         self.sup.notifier.stopping()
         log.info("vpnd.stopping", withdraw=self.config.daemon.withdraw_on_stop)
@@ -185,9 +186,9 @@ class Daemon:
         if metrics is not None:
             await metrics.stop()
         await self.stop(withdraw=self.config.daemon.withdraw_on_stop)
-        for task in (reconciler, watchdog, lag, ready):
+        for task in (reconciler, watchdog, lag, ready, cloud):
             task.cancel()
-        await asyncio.gather(reconciler, watchdog, lag, ready, return_exceptions=True)
+        await asyncio.gather(reconciler, watchdog, lag, ready, cloud, return_exceptions=True)
         return 0
 
     ready_grace = 10.0      # seconds; well under systemd's TimeoutStartSec (90 s by default)
@@ -362,6 +363,20 @@ class Daemon:
                             self.sup.clock, charon=self.charon.unreachable)
         self.sup.observers.append(board.observe)
         return board
+
+    async def _cloud_view(self) -> None:
+        """The cloud's own view ([connection.cloud_api]) into status and metrics, at most once a
+        minute per connection; idle without one (a reload may add it)."""
+        from vpnd.cloud.view import CloudWatch
+
+        def sink(name: str, view: dict | None) -> None:
+            if view is None:
+                self.board.cloud.pop(name, None)
+                return
+            self.board.cloud[name] = view
+            self.metrics.cloud_view(name, view)
+
+        await CloudWatch(lambda: self.sup.config, sink).run()
 
     async def _start_control(self) -> Any:
         """Serve the control socket; without it vpnd still supervises (logged, not fatal)."""
