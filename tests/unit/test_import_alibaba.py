@@ -74,6 +74,10 @@ def test_route_mode_with_health_check_is_accepted_and_maps_every_field(tmp_path)
     hc = c.health_check
     assert (str(hc.destination), str(hc.source), hc.interval, hc.retries, hc.switch_route) == \
         ("192.168.10.10", "172.16.20.80", 3.0, 3, True)
+    # and the cloud's own check, as its console shows it
+    cc = c.cloud_health_check
+    assert (str(cc.source_ip), str(cc.destination_ip), cc.interval, cc.retries, cc.switch_route) == \
+        ("192.168.10.10", "172.16.20.80", 3, 3, True)
     assert "Role master" in out and "ipsec_sa_established" in out
 
 

@@ -221,6 +221,9 @@ def from_response(response: dict[str, Any], side: CustomerSide | None = None) ->
     })
 
     conn["health_check"] = _health(body, side, notes, hole)
+    cloud_check = _cloud_health(body)
+    if cloud_check:
+        conn["cloud_health_check"] = cloud_check
     if bgp_on is True:             # the cloud's EnableTunnelsBgp: BGP tables
         conn["bgp"] = _bgp(tuns, notes, hole)
 
@@ -355,6 +358,23 @@ def _health(body: dict[str, Any], side: CustomerSide, notes: list[str], hole) ->
                        if kv[0] in ("destination", "source") else 2))
 
 
+def _cloud_health(body: dict[str, Any]) -> dict[str, Any]:
+    """[connection.cloud_health_check]: the cloud's own check as its console shows it (Sip the
+    cloud-side source, Dip ours), so vpnd adds the route for its source and `status` and
+    `doctor` say how long it leaves the return path on a dead tunnel. Empty when it is off."""
+    hc = _table(body, "VcoHealthCheck")
+    if not hc or _bool(hc.get("Enable")) is not True or not hc.get("Sip") or not hc.get("Dip"):
+        return {}
+    out: dict[str, Any] = {"source_ip": hc["Sip"], "destination_ip": hc["Dip"]}
+    if hc.get("Interval") not in (None, ""):
+        out["interval"] = _int(hc["Interval"])
+    if hc.get("Retry") not in (None, ""):
+        out["retries"] = _int(hc["Retry"])
+    if hc.get("Policy"):
+        out["switch_route"] = SWITCH_ROUTE.get(hc["Policy"], hc["Policy"])
+    return out
+
+
 def _bgp(tuns: list[Tunnel], notes: list[str], hole) -> dict[str, Any]:
     """[connection.bgp]: the cloud's LocalAsn is our peer's, its PeerAsn ours."""
     out: dict[str, Any] = {}
@@ -448,7 +468,7 @@ def render(imp: Imported, header: list[str], region: str | None = None) -> str:
     lines += [f"# {c}" for c in imp.comments.get("[[connection]]", [])]
     lines.append("[[connection]]")
     lines += _lines(conn)
-    for key in ("ike", "ipsec", "health_check", "bgp"):
+    for key in ("ike", "ipsec", "health_check", "cloud_health_check", "bgp"):
         if key not in conn:
             continue
         lines.append("")
