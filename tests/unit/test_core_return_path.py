@@ -299,3 +299,33 @@ def test_return_path_evidence_keeps_every_invariant(cfg_, rounds):
     for t in disc:
         assert sum(1 for u in disc if t < u + 60.0 and u <= t) <= \
             cfg_.failover.max_switches_per_minute
+
+
+def test_nothing_is_excused_while_charon_is_unreachable():
+    """charon gone (with libipsec its data path goes with it): every tunnel's probes die
+    together, as under a dead return tunnel, but no CHILD SA state vouches for the standby:
+    no escape to it, and so no switch back when charon returns."""
+    from vpnd.core.events import CharonDisconnected
+
+    e = run(cfg(), [(9.9, CharonDisconnected("charon gone"), [])] + [
+        (10.0, loss("t1"), []), (10.5, loss("t2"), []),
+        (11.0, loss("t1"), []), (11.5, loss("t2"), []),
+        (12.0, loss("t1"), ANY), (12.5, loss("t2"), ANY),
+    ], start=VENDOR)
+    assert health(e, "t2")["blinded"] in ("", None)
+    assert e.status()["c"]["active"] == "t1"
+
+
+def test_losses_from_before_charon_came_back_are_not_excused():
+    """charon back (CharonConnected) while both tunnels are still losing: those losses began
+    while it was away, so they excuse nothing, and traffic stays where it was."""
+    from vpnd.core.events import CharonConnected, CharonDisconnected
+
+    e = run(cfg(), [(9.9, CharonDisconnected("charon gone"), [])] + [
+        (10.0, loss("t1"), []), (10.5, loss("t2"), []),
+        (11.0, loss("t1"), []), (11.5, loss("t2"), []),
+        (12.0, loss("t1"), ANY), (12.2, CharonConnected(), ANY),
+        (12.5, loss("t2"), ANY), (13.0, loss("t1"), ANY), (13.5, loss("t2"), ANY),
+    ], start=VENDOR)
+    assert health(e, "t2")["blinded"] in ("", None)
+    assert e.status()["c"]["active"] == "t1"

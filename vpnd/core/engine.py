@@ -178,7 +178,11 @@ class Engine:
         changed, changes = False, []
         for key, t in list(self.tunnels.items()):
             changed |= self._run_tunnel(key, t, event, now, out, changes)
-        return self._run_batch(changes, now, out) or changed
+        changed |= self._run_batch(changes, now, out)
+        reach = failover.CharonReach(type(event) is CharonConnected)
+        for name in list(self.connections):
+            changed |= self._run_policy(name, (reach,), now, out)
+        return changed
 
     def _tick(self, event: Tick, now: float, out: list[Action]) -> bool:
         due = [k for k, d in self._deadlines.items() if d <= now]

@@ -74,7 +74,10 @@ at its own detection time instead of after the cloud's. When the cloud moves, S'
 answered again. Two independently dead tunnels stay "both down": losses on S that began more
 than one skew before R's are S's own. Both tunnels dying at once (the uplink) is
 indistinguishable from tunnel 1 black-holed both ways: vpnd then moves to the standby, and
-DPD (the CHILD SAs going down) bounds that benefit of the doubt.
+DPD (the CHILD SAs going down) bounds that benefit of the doubt. Nothing is excused while
+charon is unreachable (CharonReach), nor are losses that began before it came back: no CHILD
+SA state vouches for the standby then, and with charon's userspace data path (libipsec) every
+tunnel's probes die with charon itself.
 
 Following the cloud (route and bgp modes, not bgp with standby="ecmp", where the cloud
 spreads flows over both tunnels, and not with switch_route=false): an answer to tunnel Y's
@@ -142,6 +145,13 @@ MISMATCH_WINDOW = 2.0    # ...within this many seconds (one stray packet is no m
 
 
 @dataclass(frozen=True, slots=True)
+class CharonReach:
+    """Core-internal event: charon answers again (up) or has gone away (engine -> failover)."""
+
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TunnelChanged:
     """Core-internal event: the tunnel machine's CHILD SA state changed (engine -> failover)."""
 
@@ -195,6 +205,9 @@ class Connection(NamedTuple):
     adopted: str | None = None          # traffic found on this tunnel at start (Adopted)
     cloud_on: str | None = None         # route/bgp: the tunnel those signs say the cloud sends on
     cloud_pin: bool = False             # the pin is the cloud's choice, not an operator's
+    charon_up: bool = True              # charon answers: only then does a CHILD SA vouch for a
+                                        # blinded tunnel (see "The return path")...
+    charon_since: float | None = None   # ...and only for losses that began after it came back
 
     def of(self, tunnel: str) -> Health:
         return self.health[self.tunnels.index(tunnel)]
@@ -379,6 +392,12 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
             if _index(c, event.to) is not None:
                 operator_to = event.to.tunnel
             continue
+        if typ is CharonReach:
+            if event.up != c.charon_up or c.charon_since is None:
+                c = c._replace(charon_up=event.up,
+                               charon_since=now if event.up else c.charon_since)
+                touched.update(range(len(health)))
+            continue
         if typ is Adopted:
             if _index(c, event.tunnel) is not None and c.active is None and c.last_switch is None:
                 c = c._replace(adopted=event.tunnel.tunnel)
@@ -414,7 +433,11 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
     if touched:         # a tunnel's own facts, and the tunnel its replies return through
         by_name = dict(zip(c.tunnels, health))
         for i, name in enumerate(c.tunnels):
-            health[i] = _assess(health[i], cfg, now, _return_path(health[i], name, by_name, cfg))
+            h = health[i]
+            vouched = c.charon_up and (c.charon_since is None or
+                                       (h.lost_since is not None and h.lost_since >= c.charon_since))
+            excuse = _return_path(h, name, by_name, cfg) if vouched else ""
+            health[i] = _assess(health[i], cfg, now, excuse)
         c = c._replace(health=tuple(health))
     for to in sent_on:
         c, moved = _mismatch(c, cfg, now, to)
