@@ -54,10 +54,13 @@ def connection_sheet(conn: ConnectionConfig, show_secrets: bool = False) -> str:
     elif hc is None:
         _field(lines, 1, "Health Check", "disabled")
     else:
-        _field(lines, 1, "Health Check", "enabled")
+        # not declared: suggest the mirror of vpnd's own probes, within what the console takes
+        # (whole seconds, 1..60: vpnd probes far faster than the cloud can)
+        _field(lines, 1, "Health Check", "enabled (suggested; not declared in "
+               "[connection.cloud_health_check])")
         _field(lines, 2, "Source IP", hc.destination)
         _field(lines, 2, "Destination IP", hc.source)
-        _field(lines, 2, "Retry Interval (seconds)", f"{hc.interval:g}")
+        _field(lines, 2, "Retry Interval (seconds)", min(60, max(1, round(hc.interval))))
         _field(lines, 2, "Number of Retries", hc.retries)
         _field(lines, 2, "Switch Route", "yes" if hc.switch_route else "no")
     for i, t in enumerate(conn.tunnels):
