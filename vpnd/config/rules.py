@@ -13,6 +13,9 @@ import re
 
 # --- IKE / IPsec algorithms (the vendor's IPsec-VPN documentation, "Encryption Configuration") --------------------------
 
+# A tunnel interface's `mtu`: IPv4's minimum datagram (RFC 791) to jumbo frames.
+MTU_MIN, MTU_MAX = 576, 9000
+
 ENCRYPTION = ("aes128", "aes192", "aes256", "des", "3des")
 INTEGRITY = ("sha1", "md5", "sha256", "sha384", "sha512")
 DH_GROUPS = ("group1", "group2", "group5", "group14")

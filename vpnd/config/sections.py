@@ -65,7 +65,7 @@ BGP_KEYS = (
 BFD_KEYS = ("enabled", "receive_interval_ms", "transmit_interval_ms", "detect_multiplier")
 TUNNEL_KEYS = (
     "name", "local_address", "remote_address", "local_id", "remote_id", "psk", "psk_file",
-    "interface", "if_id", "interface_kind", "underlay", "route_metric", "local_ts", "remote_ts",
+    "interface", "if_id", "interface_kind", "underlay", "mtu", "route_metric", "local_ts", "remote_ts",
     "probe_source", "probe_destination", "bgp",
 )
 TUNNEL_BGP_KEYS = ("tunnel_cidr", "local_ip", "peer_ip")
@@ -469,6 +469,7 @@ class SectionReader(Reader):
                                rules.IF_ID_MAX),
             interface_kind=kind,
             underlay=underlay,
+            mtu=self.integer(d, "mtu", f"{p}.mtu", df.mtu, rules.MTU_MIN, rules.MTU_MAX),
             route_metric=self.integer(d, "route_metric", f"{p}.route_metric", df.route_metric,
                                       rules.METRIC_MIN, rules.METRIC_MAX),
             local_ts=self.networks(d, "local_ts", f"{p}.local_ts", df.local_ts),
