@@ -20,8 +20,12 @@ MSS clamp = min(tunnel MTU, measured path MTU) - 40 (IPv4 20 + TCP 20).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vpnd.config.rules import MTU_MAX, MTU_MIN
+
+if TYPE_CHECKING:
+    from vpnd.config.model import ConnectionConfig, TunnelConfig
 
 OUTER_IPV4, NAT_T_UDP, ESP_HEADER, ESP_TRAILER = 20, 8, 8, 2
 TCP_IPV4_HEADERS = 40
@@ -141,3 +145,15 @@ class PmtuSearch:
         if size <= self.low:
             self._done = True               # nothing answers: no result
         self.next_size()                    # closes the search when the gap is 1
+
+
+def interface_mtu(conn: "ConnectionConfig", t: "TunnelConfig", underlay_mtu: int | None) -> int | None:
+    """What vpnd sets on a tunnel's interface: `mtu` when configured; for the XFRM interfaces
+    vpnd creates, the underlay's MTU (1500 when unknown) minus the ESP overhead of the
+    connection's ESP proposal; None for someone else's link without `mtu` (left as it is)."""
+    if t.mtu is not None:
+        return t.mtu
+    if t.interface_kind != "xfrm":
+        return None
+    return tunnel_mtu(underlay_mtu or 1500, conn.ipsec.encryption, conn.ipsec.integrity,
+                      conn.nat_traversal)
