@@ -69,6 +69,7 @@ class Daemon:
         self._synced = asyncio.Event()
         self._wire()
         self.board = self._status_board()
+        self.board.data_path = self.services.data_path
         self.sup.reloader = self.reload
         self.sup.on_reload_result = self.metrics.reload_result
         self.sup.status = self._summary
