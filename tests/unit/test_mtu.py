@@ -97,3 +97,11 @@ def test_clamp_rules_both_directions():
         assert (f'{side} "{ifs[1]}" tcp flags syn tcp option maxseg size > 1260 '
                 "tcp option maxseg size set 1260") in script
     assert mss_clamp.nft_problems(None, conn, {ifs[0]: 1382})
+
+
+def test_render_nft_shows_mtu_and_clamp_per_tunnel():
+    from vpnd.render.command import render
+    text = render("nft", load_text(dumps(mutate(route_config(), "connection.0.tunnel.1.mtu", 1300))))
+    assert "mtu 1300 (configured)" in text
+    assert "maxseg size set 1260" in text
+    assert "psk" not in text.lower()
