@@ -100,6 +100,7 @@ class HealthCheckConfig:
     max_loss_percent: float | None = None       # optional loss threshold over the window
     kind: HealthKind = "icmp"                   # "tcp": a connect to `port`, keepalived-style
     port: int | None = None                     # required for tcp, rejected for icmp
+    path_mtu_interval: float = 600.0            # seconds between path-MTU searches (vpnd.pmtu_probe)
 
 
 @dataclass(frozen=True)

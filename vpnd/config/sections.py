@@ -54,7 +54,7 @@ IKE_KEYS = (
 IPSEC_KEYS = ("encryption", "integrity", "pfs_group", "lifetime")
 HEALTH_KEYS = (
     "destination", "source", "interval", "retries", "switch_route", "timeout", "max_rtt_ms",
-    "max_loss_percent", "kind", "port",
+    "max_loss_percent", "kind", "port", "path_mtu_interval",
 )
 CLOUD_HEALTH_KEYS = ("source_ip", "destination_ip", "interval", "retries", "switch_route")
 FAILOVER_KEYS = ("preempt", "preempt_delay", "hold_down", "max_switches_per_minute", "both_down")
@@ -221,6 +221,9 @@ class SectionReader(Reader):
                                          df.max_loss_percent, 0.0, 100.0),
             kind=self.string(d, "kind", f"{p}.kind", df.kind, rules.HEALTH_KINDS),
             port=self.integer(d, "port", f"{p}.port", df.port, rules.PORT_MIN, rules.PORT_MAX),
+            path_mtu_interval=self.number(d, "path_mtu_interval", f"{p}.path_mtu_interval",
+                                          df.path_mtu_interval, rules.PATH_MTU_INTERVAL_MIN,
+                                          rules.PATH_MTU_INTERVAL_MAX),
         )
         consistency.health_check_rules(self, hc, "port" in d, p)
         return hc
