@@ -37,6 +37,7 @@ log = logs.get("vpnd.pmtu_probe")
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
 SIOCGIFMTU = 0x8921
+IP_MAX = 65535                  # an IPv4 packet's largest total length
 LOW = 576                       # the IPv4 minimum every path carries
 HEADERS = 20 + 8                # IPv4 + ICMP echo header
 NONCE = b"vpnd-pmtu"
@@ -114,6 +115,7 @@ class PathMtuProber:
         if high is None:
             self._problem(f"interface {self.interface} not found")
             return None, 0, 0.0
+        high = min(high, IP_MAX)            # loopback's 65536 is one more than IPv4 carries
         search = PmtuSearch(low=min(LOW, high), high=high, tries=self.tries)
         try:
             sock = self._open()
