@@ -8,6 +8,9 @@ to 1160 while vxlan1's stays 1260. Prints the search figures."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from vpnd_lab.cli import both_established, wait_until
 from vpnd_lab.scenario import nft
 
 pytestmark = pytest.mark.lab
+VPND = str(Path(sys.executable).with_name("vpnd"))
 
 NARROW_HOP = """table ip labpmtu {
   chain narrow {
@@ -42,6 +46,16 @@ def test_path_mtu_measured_per_tunnel_and_clamp_follows(make_lab):
                                                      "mss-vpc1").stdout, 20)
     rules = lab.lab.exec("cgw", "nft", "list", "chain", "inet", "vpnd", "mss-vpc1").stdout
     assert 'oifname "vxlan1" tcp flags syn tcp option maxseg size > 1260' in rules
+    # `vpnd doctor` reports the figures the running vpnd measured (status' data_path)
+    r = subprocess.run(["ip", "netns", "exec", lab.lab.ns("cgw"), VPND, "doctor", "-c",
+                        str(lab.lab.dir / "vpnd.toml"), "--json"], capture_output=True, text=True,
+                       timeout=60)
+    checks = {c["check"]: c for c in json.loads(r.stdout)["checks"]}
+    pm = checks["path_mtu"]
+    assert pm["status"] == "PASS", pm
+    assert "vpc1/tunnel1 1300 (interface 1300, MSS clamp 1260)" in pm["detail"], pm
+    assert "vpc1/tunnel2 1200 (interface 1300, MSS clamp 1160)" in pm["detail"], pm
+    print(f"\ndoctor: {pm['detail']}")
     print("\npath MTU per tunnel: " + json.dumps(
         {t: {k: e[k] for k in ("path_mtu", "interface_mtu", "probes", "seconds")}
          for t, e in found.items()}))
