@@ -3,7 +3,8 @@ path-MTU prober measures each tunnel on its own. Tunnel 2 gets a narrower hop: t
 drops every packet over 1200 bytes arriving through vxlan2, silently (no "fragmentation
 needed", as on Internet paths that filter ICMP). Expected: tunnel 1 measures 1300 (one
 probe), tunnel 2 measures 1200 exactly, and the MSS clamp through vxlan2 follows it down
-to 1160 while vxlan1's stays 1260. Prints the search figures."""
+to 1160 while vxlan1's stays 1260; `vpnd doctor` reports both; a switch (drain) measures
+both again. Prints the search figures."""
 
 from __future__ import annotations
 
@@ -56,6 +57,17 @@ def test_path_mtu_measured_per_tunnel_and_clamp_follows(make_lab):
     assert "vpc1/tunnel1 1300 (interface 1300, MSS clamp 1260)" in pm["detail"], pm
     assert "vpc1/tunnel2 1200 (interface 1300, MSS clamp 1160)" in pm["detail"], pm
     print(f"\ndoctor: {pm['detail']}")
+    # a switch measures both tunnels again (the path may have changed)
+    n = len(lab.events("path_mtu.measured"))
+    sock = str(lab.lab.dir / "control.sock")
+    r = subprocess.run([VPND, "drain", "tunnel1", "--socket", sock], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and "active tunnel: tunnel2" in r.stdout, r
+    again = lab.wait_event("path_mtu.measured", timeout=20, after=n + 1)
+    after = lab.events("path_mtu.measured")[n:]
+    assert {e["tunnel"]: e["path_mtu"] for e in after} == {"vpc1/tunnel1": 1300,
+                                                          "vpc1/tunnel2": 1200}, after
+    assert again
     print("\npath MTU per tunnel: " + json.dumps(
         {t: {k: e[k] for k in ("path_mtu", "interface_mtu", "probes", "seconds")}
          for t, e in found.items()}))
