@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     p.add_argument("--json", action="store_true", help="machine-readable results")
 
-    p = sub.add_parser("render", help="show what vpnd will apply: swanctl, frr, or the cloud-side sheet")
-    p.add_argument("what", choices=["swanctl", "frr", "peer"])
+    p = sub.add_parser("render", help="show what vpnd will apply: swanctl, frr, nft (MSS clamp), or the cloud-side sheet")
+    p.add_argument("what", choices=["swanctl", "frr", "peer", "nft"])
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     p.add_argument("--show-secrets", action="store_true", help="print pre-shared keys in clear")
 

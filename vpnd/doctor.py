@@ -511,9 +511,21 @@ def check_zebra_graceful_restart(config: Config, proc: Path = Path("/proc")) -> 
         "add -K 60 to zebra_options in /etc/frr/daemons, then systemctl restart frr")
 
 
-# ESP in UDP costs up to 85 bytes: outer IPv4 20 + UDP 8 + ESP 8 + AES IV 16 + padding 15 +
-# trailer 2 + ICV 16 (sha256; 12 for sha1). A tunnel MTU above 1500 - 85 relies on PMTU discovery.
-TUNNEL_MTU_MAX = 1415
+def _mtu_room(config: Config, links: dict[str, Any]) -> dict[str, int]:
+    """Per tunnel interface, the largest MTU whose ESP(-in-UDP) packets fit the underlay
+    (vpnd.core.mtu's formula for the connection's proposal; 1500 when the underlay is
+    unset or not found). Above it a tunnel relies on PMTU discovery or a clamp."""
+    from vpnd.core.mtu import tunnel_mtu
+
+    room = {}
+    for c in config.connections:
+        if not c.tunnel_interfaces:
+            continue
+        for t in c.tunnels:
+            under = links.get(t.underlay) if t.underlay else None
+            room[t.interface] = tunnel_mtu(under if isinstance(under, int) else 1500,
+                                           c.ipsec.encryption, c.ipsec.integrity, c.nat_traversal)
+    return room
 
 
 def _fixed_mss_clamp(nft_json: str) -> bool:
@@ -543,7 +555,9 @@ def check_mtu(config: Config) -> Result:
     present = {i: links[i] for i in interfaces if i in links}
     if not present:
         return Result(name, SKIP, f"{', '.join(interfaces)} not created yet (vpnd creates them)")
-    big = [f"{i} {m}" for i, m in present.items() if isinstance(m, int) and m > TUNNEL_MTU_MAX]
+    room = _mtu_room(config, links)
+    big = [f"{i} {m}" for i, m in present.items()
+           if isinstance(m, int) and i in room and m > room[i]]
     if not big:
         return Result(name, PASS, "tunnel MTU leaves room for ESP: " +
                       ", ".join(f"{i} {m}" for i, m in present.items()))
@@ -554,6 +568,45 @@ def check_mtu(config: Config) -> Result:
                   "TCP MSS clamp: large TCP transfers stall when ICMP 'fragmentation needed' "
                   "is filtered", "nft add rule inet filter forward oifname \"ipsec*\" tcp flags syn "
                   "tcp option maxseg size set 1360")
+
+
+def check_path_mtu(config: Config, status: dict | None = None) -> Result:
+    """Each tunnel's measured path MTU, as the running vpnd reports it (status' data_path):
+    what the MSS clamp follows when the path is narrower than the interface."""
+    name = "path_mtu"
+    if not _tunnel_interfaces(config):
+        return Result(name, SKIP, "no tunnel interfaces (policy mode)")
+    if status is None:
+        if not vpnd_running(config):
+            return Result(name, SKIP, "vpnd is not running (it measures each tunnel's path MTU)")
+        from vpnd.control.server import Unreachable, request
+        try:
+            reply = request(config.daemon.control_socket, {"command": "status"}, timeout=5.0)
+        except Unreachable as exc:
+            return Result(name, SKIP, f"cannot ask vpnd: {exc}")
+        status = reply.get("status") if reply.get("ok") else None
+        if status is None:
+            return Result(name, SKIP, f"vpnd refused status: {reply.get('error')}")
+    parts, unmeasured, narrow = [], [], []
+    for cname, c in (status.get("connections") or {}).items():
+        for tname, t in (c.get("tunnels") or {}).items():
+            row = t.get("data_path") or {}
+            pmtu, mtu = row.get("path_mtu"), row.get("mtu")
+            if pmtu is None:
+                unmeasured.append(f"{cname}/{tname}")
+                continue
+            parts.append(f"{cname}/{tname} {pmtu} (interface {mtu}, MSS clamp {row.get('mss_clamp')})")
+            if isinstance(mtu, int) and pmtu < mtu:
+                narrow.append(f"{cname}/{tname}")
+    if not parts:
+        return Result(name, SKIP, "not measured yet: " + ", ".join(unmeasured) if unmeasured
+                      else "no tunnel reports a data path")
+    detail = "measured path MTU: " + "; ".join(parts)
+    if unmeasured:
+        detail += "; not measured yet: " + ", ".join(unmeasured)
+    if narrow:
+        detail += f"; narrower than the interface on {', '.join(narrow)} (vpnd clamps TCP MSS to it)"
+    return Result(name, PASS, detail)
 
 
 def check_ike_listening() -> Result:
@@ -718,6 +771,7 @@ def diagnose(config_path: str) -> list[Result]:
         routes = guarded("routes", check_routes, config)
         results += [guarded("rp_filter", check_rp_filter, config),
                     guarded("mtu", check_mtu, config),
+                    guarded("path_mtu", check_path_mtu, config),
                     *(routes if isinstance(routes, list) else [routes]),
                     guarded("frr", check_frr, config),
                     guarded("unit_group", check_unit_group,

@@ -107,6 +107,12 @@ class Metrics:
                                           "0 while vpnd holds the tunnel's neighbor shut", lt,
                                           registry=r)
         self.bfd_up = Gauge("vpnd_bfd_up", "1 while the tunnel's BFD peer is up", lt, registry=r)
+        self.tunnel_mtu = Gauge("vpnd_tunnel_mtu_bytes", "The tunnel interface's MTU", lt, registry=r)
+        self.path_mtu = Gauge("vpnd_tunnel_path_mtu_bytes",
+                              "Largest IPv4 packet the last DF probe search got through the tunnel",
+                              lt, registry=r)
+        self.mss_clamp = Gauge("vpnd_tunnel_mss_clamp_bytes",
+                               "The TCP MSS vpnd clamps SYNs through the tunnel to", lt, registry=r)
         self.frr_errors = Counter("vpnd_frr_command_errors_total",
                                   "vtysh commands FRR rejected or that timed out", registry=r)
         self.xfrm_tmpl_mismatch = Gauge("vpnd_xfrm_in_tmpl_mismatch",

@@ -83,3 +83,22 @@ def test_rp_filter_warnings(tmp_path):
         (tmp_path / name / "rp_filter").write_text(value)
     warnings = rp_filter_warnings(["ipsec0", "ipsec1"], proc=tmp_path)
     assert len(warnings) == 1 and "ipsec0" in warnings[0] and "strict" in warnings[0]
+
+
+async def test_configured_mtu_is_set_and_someone_elses_link_kept_otherwise():
+    conn = load_text(CONFIG).connections[0]
+    conn = replace(conn, tunnels=(
+        replace(conn.tunnels[0], interface_kind="existing", interface="tun0", mtu=1300),
+        replace(conn.tunnels[1], interface_kind="existing", interface="tun1")))
+    with scratch_netns() as ns:
+        sh("ip", "-n", ns, "link", "add", "tun0", "type", "veth", "peer", "name", "tun1")
+        keeper = LinkKeeper(conn, netns=ns)
+        await keeper.start()
+        try:
+            assert await keeper.mtu("tun0") == 1300
+            assert await keeper.mtu("tun1") == 1500          # not vpnd's, no `mtu`: as it was
+            sh("ip", "-n", ns, "link", "set", "tun0", "mtu", "1500")
+            await keeper.ensure(conn.tunnels[0])             # the repair puts it back
+            assert await keeper.mtu("tun0") == 1300
+        finally:
+            await keeper.stop()

@@ -290,6 +290,7 @@ async def test_stop_follows_withdraw_on_stop(withdraw):
     s.backend = type("B", (), {"adapter": stub})()
     s.interfaces = stub
     s.cloud_check = _NoCloudCheck()        # the cloud health check's reply marking: none here
+    s.data_path = _NoCloudCheck()          # nor an MSS clamp
     await s.stop(withdraw=withdraw)
     assert stub.calls == (["vpc1", "interfaces stopped"] if withdraw else ["interfaces stopped"])
 

@@ -217,6 +217,11 @@ ROWS = [
     r("ipsec lifetime 86401", {f"{C}.ipsec.lifetime": 86401}, ERR, f"{C}.ipsec.lifetime"),
     r("ipsec typo", {f"{C}.ipsec.lifetim": 3}, ERR, f"{C}.ipsec.lifetim"),
     # --- health_check ---
+    r("hc path_mtu_interval 60", {f"{C}.health_check.path_mtu_interval": 60}),
+    r("hc path_mtu_interval 59", {f"{C}.health_check.path_mtu_interval": 59}, ERR,
+      f"{C}.health_check.path_mtu_interval"),
+    r("hc path_mtu_interval 86401", {f"{C}.health_check.path_mtu_interval": 86401}, ERR,
+      f"{C}.health_check.path_mtu_interval"),
     r("hc interval 0.02", {f"{C}.health_check.interval": 0.02}),
     r("hc interval int", {f"{C}.health_check.interval": 1}),
     r("hc interval 0.019", {f"{C}.health_check.interval": 0.019}, ERR,

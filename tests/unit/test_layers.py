@@ -15,6 +15,7 @@ PKG = ROOT / "vpnd"
 LAYERS = [
     ("pure", ["vpnd.config", "vpnd.core", "vpnd.logs", "vpnd.systemd"]),
     ("adapters", ["vpnd.render", "vpnd.charon", "vpnd.kernel", "vpnd.frr", "vpnd.probe",
+                  "vpnd.pmtu_probe",
                   "vpnd.metrics", "vpnd.metrics_server", "vpnd.cloud"]),
     ("steering and control", ["vpnd.steering", "vpnd.control"]),
     ("commands", ["vpnd.run", "vpnd.doctor"]),

@@ -100,6 +100,7 @@ class HealthCheckConfig:
     max_loss_percent: float | None = None       # optional loss threshold over the window
     kind: HealthKind = "icmp"                   # "tcp": a connect to `port`, keepalived-style
     port: int | None = None                     # required for tcp, rejected for icmp
+    path_mtu_interval: float = 600.0            # seconds between path-MTU searches (vpnd.pmtu_probe)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class TunnelConfig:
     if_id: int                                  # 42 / 43 by default
     interface_kind: InterfaceKind = "xfrm"      # "existing": use a link someone else made
     underlay: str | None = None                 # dev of `type xfrm dev eth0`
+    mtu: int | None = None                      # None: from the underlay and ESP overhead
     route_metric: int = TUNNEL_METRIC_BASE      # 100 for tunnel 1, 101 for tunnel 2
     local_ts: tuple[IPv4Network, ...] = ()      # empty: by routing mode (0.0.0.0/0 or networks)
     remote_ts: tuple[IPv4Network, ...] = ()

@@ -13,6 +13,9 @@ import re
 
 # --- IKE / IPsec algorithms (the vendor's IPsec-VPN documentation, "Encryption Configuration") --------------------------
 
+# A tunnel interface's `mtu`: IPv4's minimum datagram (RFC 791) to jumbo frames.
+MTU_MIN, MTU_MAX = 576, 9000
+
 ENCRYPTION = ("aes128", "aes192", "aes256", "des", "3des")
 INTEGRITY = ("sha1", "md5", "sha256", "sha384", "sha512")
 DH_GROUPS = ("group1", "group2", "group5", "group14")
@@ -239,6 +242,8 @@ def tunnel_host_problem(ip: ipaddress.IPv4Address, net: ipaddress.IPv4Network) -
 
 HEALTH_INTERVAL_MIN = 0.02          # seconds (20 ms x 3: a 60 ms budget); faster floods the tunnel
 HEALTH_INTERVAL_MAX = 3600.0
+PATH_MTU_INTERVAL_MIN = 60.0       # seconds: a search is up to ~30 probes, not a flood
+PATH_MTU_INTERVAL_MAX = 86400.0
 HEALTH_RETRIES_MIN, HEALTH_RETRIES_MAX = 1, 100
 # The cloud's own health check (the vendor's health-check documentation: "Retry Interval ... Default value: 3", "Retries ...
 # Default value: 3"). The vendor's documentation gives no ranges; these are the console's limits as the vendor's

@@ -54,7 +54,7 @@ IKE_KEYS = (
 IPSEC_KEYS = ("encryption", "integrity", "pfs_group", "lifetime")
 HEALTH_KEYS = (
     "destination", "source", "interval", "retries", "switch_route", "timeout", "max_rtt_ms",
-    "max_loss_percent", "kind", "port",
+    "max_loss_percent", "kind", "port", "path_mtu_interval",
 )
 CLOUD_HEALTH_KEYS = ("source_ip", "destination_ip", "interval", "retries", "switch_route")
 FAILOVER_KEYS = ("preempt", "preempt_delay", "hold_down", "max_switches_per_minute", "both_down")
@@ -65,7 +65,7 @@ BGP_KEYS = (
 BFD_KEYS = ("enabled", "receive_interval_ms", "transmit_interval_ms", "detect_multiplier")
 TUNNEL_KEYS = (
     "name", "local_address", "remote_address", "local_id", "remote_id", "psk", "psk_file",
-    "interface", "if_id", "interface_kind", "underlay", "route_metric", "local_ts", "remote_ts",
+    "interface", "if_id", "interface_kind", "underlay", "mtu", "route_metric", "local_ts", "remote_ts",
     "probe_source", "probe_destination", "bgp",
 )
 TUNNEL_BGP_KEYS = ("tunnel_cidr", "local_ip", "peer_ip")
@@ -221,6 +221,9 @@ class SectionReader(Reader):
                                          df.max_loss_percent, 0.0, 100.0),
             kind=self.string(d, "kind", f"{p}.kind", df.kind, rules.HEALTH_KINDS),
             port=self.integer(d, "port", f"{p}.port", df.port, rules.PORT_MIN, rules.PORT_MAX),
+            path_mtu_interval=self.number(d, "path_mtu_interval", f"{p}.path_mtu_interval",
+                                          df.path_mtu_interval, rules.PATH_MTU_INTERVAL_MIN,
+                                          rules.PATH_MTU_INTERVAL_MAX),
         )
         consistency.health_check_rules(self, hc, "port" in d, p)
         return hc
@@ -469,6 +472,7 @@ class SectionReader(Reader):
                                rules.IF_ID_MAX),
             interface_kind=kind,
             underlay=underlay,
+            mtu=self.integer(d, "mtu", f"{p}.mtu", df.mtu, rules.MTU_MIN, rules.MTU_MAX),
             route_metric=self.integer(d, "route_metric", f"{p}.route_metric", df.route_metric,
                                       rules.METRIC_MIN, rules.METRIC_MAX),
             local_ts=self.networks(d, "local_ts", f"{p}.local_ts", df.local_ts),

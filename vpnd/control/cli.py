@@ -132,6 +132,11 @@ def render(status: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
         for r in rows:
             lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+        dp = [f"{n} mtu {t['data_path']['mtu']} ({t['data_path']['mtu_from']}), path mtu "
+              f"{t['data_path']['path_mtu'] or 'not measured'}, mss clamp {t['data_path']['mss_clamp']}"
+              for n, t in c["tunnels"].items() if t.get("data_path")]
+        if dp:
+            lines.append("  data path: " + "; ".join(dp))
         lines += _cloud_lines(c.get("cloud_view"))
     return "\n".join(lines) + "\n"
 

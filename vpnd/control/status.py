@@ -127,6 +127,7 @@ class StatusBoard:
         self.bgp: dict[TunnelKey, bool] = {}
         self.bfd: dict[TunnelKey, bool] = {}
         self.cloud: dict[str, dict] = {}        # connection -> the cloud's view (vpnd.cloud.view)
+        self.data_path: dict[TunnelKey, dict] = {}  # MTU, path MTU, MSS clamp (vpnd.steering.data_path)
 
     def observe(self, event: object) -> None:
         """Called by the supervisor with every event before the core sees it."""
@@ -181,6 +182,7 @@ class StatusBoard:
                     "bgp": self._bgp(conn.has_bgp, key),
                     # charon unreachable: ike/child are what it said last, not the present
                     "sa_state": "last_known" if gone is not None else "current",
+                    "data_path": self.data_path.get(key),
                 }
             connections[conn.name] = {
                 "routing": conn.routing, "state": c["state"], "active": c["active"],

@@ -4,7 +4,8 @@
 it up and gives it the tunnel's BGP address; when someone deletes it, link events report
 `InterfaceLost` and the core asks for it back. `interface_kind = "existing"`: the link belongs
 to someone else (the lab's VXLAN links, a VTI): vpnd only brings it up, adds the address and
-reports when it goes away. A kernel without XFRM interfaces gets one clear error naming the
+reports when it goes away. The MTU: vpnd.core.mtu.interface_mtu (`mtu`, or the underlay's
+minus the ESP overhead on vpnd's own XFRM interfaces). A kernel without XFRM interfaces gets one clear error naming the
 missing feature instead of a netlink errno.
 """
 
@@ -22,6 +23,7 @@ from vpnd import logs
 from vpnd.kernel import netlink, sysctl
 from vpnd.config.model import ConnectionConfig, TunnelConfig
 from vpnd.core.events import InterfaceLost, TunnelKey
+from vpnd.core.mtu import interface_mtu
 
 log = logs.get("vpnd.links")
 
@@ -129,6 +131,7 @@ class LinkKeeper:
             log.info("links.created", interface=t.interface, if_id=t.if_id, underlay=t.underlay)
             if idx is None:
                 raise LinkError(f"{t.interface} vanished right after it was created")
+        await self._set_mtu(t, idx)
         await self._ipr.link("set", index=idx, state="up")
         if t.bgp is not None:
             try:
@@ -137,6 +140,32 @@ class LinkKeeper:
             except Exception as exc:
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise LinkError(f"address {t.bgp.local_ip} on {t.interface}: {exc}") from exc
+
+    async def _link(self, ifname: str) -> Any:
+        try:
+            reply = await self._ipr.link("get", ifname=ifname)
+        except Exception:          # ENODEV
+            return None
+        links = [l async for l in reply] if hasattr(reply, "__aiter__") else list(reply)
+        return links[0] if links else None
+
+    async def mtu(self, ifname: str) -> int | None:
+        """The interface's MTU as the kernel has it (None: no such interface)."""
+        link = await self._link(ifname) if self._ipr is not None else None
+        return link.get_attr("IFLA_MTU") if link is not None else None
+
+    async def _set_mtu(self, t: TunnelConfig, idx: int) -> None:
+        """vpnd.core.mtu.interface_mtu: `mtu`, or the underlay's minus ESP on vpnd's XFRM
+        interfaces; someone else's link without `mtu` keeps its own."""
+        under = await self.mtu(t.underlay) if t.underlay else None
+        want = interface_mtu(self.conn, t, under)
+        if want is None or await self.mtu(t.interface) == want:
+            return
+        try:
+            await self._ipr.link("set", index=idx, mtu=want)
+        except Exception as exc:
+            raise LinkError(f"mtu {want} on {t.interface}: {exc}") from exc
+        log.info("links.mtu_set", interface=t.interface, mtu=want, underlay_mtu=under)
 
     async def _on_message(self, m: Any) -> None:
         if m.get("event") == "RTM_DELLINK":

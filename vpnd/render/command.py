@@ -1,8 +1,8 @@
-"""`vpnd render {swanctl,frr,peer}`: show what vpnd applies, from the same code that applies it.
+"""`vpnd render {swanctl,frr,peer,nft}`: show what vpnd applies, from the same code that applies it.
 
 swanctl: what vpnd loads into charon (vpnd.render.swanctl); frr: the FRR configuration it
 applies in BGP mode (vpnd.render.frr); peer: the cloud side's parameter sheet, the mirror
-image of ours (vpnd.render.peer). Pre-shared keys print as ******** unless --show-secrets.
+image of ours (vpnd.render.peer); nft: the MSS clamp (vpnd.render.nft). Pre-shared keys print as ******** unless --show-secrets.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ def render(what: str, config, show_secrets: bool = False) -> str:
     if what == "peer":
         from vpnd.render.peer import peer_text
         return peer_text(config, show_secrets=show_secrets)
+    if what == "nft":
+        from vpnd.render.nft import nft_text
+        return nft_text(config)
     raise ValueError(f"unknown rendering {what!r}")
 
 

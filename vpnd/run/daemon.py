@@ -40,6 +40,18 @@ def build_prober(key: E.TunnelKey, spec: ProbeSpec, on_result: Callable[[E.Probe
             else Prober(key, returns=dict(spec.returns), **target))
 
 
+def build_path_mtu_prober(key: E.TunnelKey, spec: ProbeSpec, interval: float,
+                          on_result: Callable[..., None], usable: Callable[[], bool],
+                          taken: Callable[[], set[int]]) -> Any:
+    """A tunnel's path-MTU prober: DF echoes to the probe's destination from its source."""
+    from vpnd.pmtu_probe import PathMtuProber
+
+    assert spec.interface is not None
+    return PathMtuProber(key, destination=spec.destination, source=spec.source,
+                         interface=spec.interface, timeout=min(spec.timeout, 1.0),
+                         interval=interval, on_result=on_result, usable=usable, taken=taken)
+
+
 def _steering_for(conn: ConnectionConfig, services: Services) -> Steering:
     from vpnd.steering.modes import steering_for     # pyroute2, pexpect: only for `vpnd run`
     return steering_for(conn, services)
@@ -50,7 +62,8 @@ class Daemon:
 
     def __init__(self, config: Config, *, netns: str | None = None,
                  steering: Callable[[ConnectionConfig, Services], Steering] = _steering_for,
-                 prober: Callable[..., Any] = build_prober, notifier: Any = None) -> None:
+                 prober: Callable[..., Any] = build_prober, notifier: Any = None,
+                 path_mtu_prober: Callable[..., Any] | None = build_path_mtu_prober) -> None:
         from vpnd.charon.adapter import CharonAdapter
 
         self.config = config
@@ -65,10 +78,13 @@ class Daemon:
         self._new_prober = prober
         self.steering: dict[str, Steering] = {}        # connection -> how its traffic is steered
         self.probes: dict[E.TunnelKey, Any] = {}       # tunnel -> its prober
+        self._new_path_mtu_prober = path_mtu_prober
+        self.path_mtu_probes: dict[E.TunnelKey, Any] = {}   # tunnel -> its path-MTU prober
         self.active: dict[str, str | None] = {}        # connection -> the core's last SetActive
         self._synced = asyncio.Event()
         self._wire()
         self.board = self._status_board()
+        self.board.data_path = self.services.data_path
         self.sup.reloader = self.reload
         self.sup.on_reload_result = self.metrics.reload_result
         self.sup.status = self._summary
@@ -131,6 +147,9 @@ class Daemon:
         self.metrics.set_active(a.connection, tuple(t.name for t in conn.tunnels), a.tunnel)
         if previous is not None and a.tunnel is not None and previous != a.tunnel:
             self.metrics.failover(a.connection, previous, a.tunnel, a.reason)
+            for key, p in self.path_mtu_probes.items():   # the path may differ now
+                if key.connection == a.connection:
+                    p.trigger()
         from vpnd.control.status import evidence
 
         # one event per change, with from/to and the probe evidence the decision rested on
@@ -234,7 +253,7 @@ class Daemon:
     async def stop(self, *, withdraw: bool) -> None:
         """Probes, then each connection's steering (routes and FRR stay unless `withdraw`),
         then the modes' shared backends, then charon."""
-        for p in self.probes.values():
+        for p in [*self.path_mtu_probes.values(), *self.probes.values()]:
             await p.stop()
         for steering in self.steering.values():
             await steering.stop(withdraw=withdraw)
@@ -269,11 +288,32 @@ class Daemon:
         prober = self._new_prober(key, spec, self._from_probe)
         prober.start()
         self.probes[key] = prober
+        if spec.interface is not None and self._new_path_mtu_prober is not None \
+                and conn.health_check is not None:
+            pm = self._new_path_mtu_prober(key, spec, conn.health_check.path_mtu_interval,
+                                           self._from_path_mtu, lambda: self._usable(key),
+                                           self._health_idents)
+            pm.start()
+            self.path_mtu_probes[key] = pm
+
+    def _usable(self, key: E.TunnelKey) -> bool:
+        """A path-MTU search runs only while the tunnel's last health probe was answered."""
+        window = getattr(self.probes.get(key), "window", None)
+        return bool(window) and window[-1] is not None
+
+    def _health_idents(self) -> set[int]:
+        return {i for p in self.probes.values() if (i := getattr(p, "ident", None)) is not None}
+
+    def _from_path_mtu(self, key: E.TunnelKey, pmtu: int, probes: int, seconds: float) -> None:
+        data_path = getattr(self.steering.get(key.connection), "data_path", None)
+        if data_path is not None:
+            data_path.set_path_mtu(key.tunnel, pmtu)
 
     async def stop_probe(self, key: E.TunnelKey) -> None:
-        p = self.probes.pop(key, None)
-        if p is not None:
-            await p.stop()
+        for probes in (self.path_mtu_probes, self.probes):
+            p = probes.pop(key, None)
+            if p is not None:
+                await p.stop()
 
     # --- reload by difference ------------------------------------------------------------
 

@@ -35,6 +35,8 @@ class Services:
     config: Callable[[], Config]                    # the running config (a reload replaces it)
     netns: str | None = None
     shared: dict[str, "Backend"] = field(default_factory=dict)
+    # per tunnel (TunnelKey): its MTU, path MTU and MSS clamp (vpnd.steering.data_path), for status
+    data_path: dict[Any, dict] = field(default_factory=dict)
 
 
 class Backend:

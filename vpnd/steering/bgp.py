@@ -12,6 +12,7 @@ from vpnd.frr.vtysh import FrrError
 from vpnd.render.swanctl import RenderError
 from vpnd.steering.base import Backend, Services, Steering
 from vpnd.steering.cloud_check import CloudCheckReturn
+from vpnd.steering.data_path import DataPath
 from vpnd.steering.interfaces import TunnelInterfaces
 
 log = logs.get("vpnd.steering")
@@ -75,11 +76,13 @@ class BgpSteering(Steering):
         self.interfaces = TunnelInterfaces(conn, services)
         self.backend: BgpBackend | None = None
         self.cloud_check = CloudCheckReturn(conn, services)
+        self.data_path = DataPath(conn, services, self.interfaces)
 
     async def start(self) -> None:
         await self.interfaces.start()
         self.backend = BgpBackend.of(self.services)
         await self.cloud_check.start()
+        await self.data_path.start()
 
     @property
     def _adapter(self) -> BgpAdapter | None:
@@ -97,19 +100,23 @@ class BgpSteering(Steering):
     async def repair_interface(self, tunnel: str) -> None:
         await self.interfaces.repair(tunnel)
         await self.cloud_check.keep()
+        await self.data_path.keep()
 
     async def reconfigure(self, conn: ConnectionConfig, *, links: bool, routes: bool) -> None:
         self.conn = conn
         if links:
             await self.interfaces.reconfigure(conn)
         await self.cloud_check.reconfigure(conn)
+        await self.data_path.reconfigure(conn)
 
     async def remove(self) -> None:
         await self.cloud_check.remove()
+        await self.data_path.remove()
         await self.interfaces.remove()
 
     async def stop(self, *, withdraw: bool) -> None:
         await self.cloud_check.stop(withdraw=withdraw)
+        await self.data_path.stop(withdraw=withdraw)
         # the return path's more-specifics follow withdraw_on_stop as the routes do (kept by
         # default: the next vpnd adopts them); sessions and route-maps stay either way
         if withdraw and self._adapter is not None:

@@ -13,6 +13,7 @@ from vpnd.core.events import Adopted, TunnelKey
 from vpnd.kernel.routes import RouteController
 from vpnd.steering.base import Services, Steering
 from vpnd.steering.cloud_check import CloudCheckReturn
+from vpnd.steering.data_path import DataPath
 from vpnd.steering.interfaces import TunnelInterfaces
 
 log = logs.get("vpnd.steering")
@@ -24,6 +25,7 @@ class RouteSteering(Steering):
         self.interfaces = TunnelInterfaces(conn, services)
         self.routes: RouteController | None = None
         self.cloud_check = CloudCheckReturn(conn, services)
+        self.data_path = DataPath(conn, services, self.interfaces)
 
     async def start(self) -> None:
         """Interfaces first, then the routes: adopted as found, never flapped at start; the
@@ -31,6 +33,7 @@ class RouteSteering(Steering):
         await self.interfaces.start()
         await self._start_routes()
         await self.cloud_check.start()
+        await self.data_path.start()
 
     async def _start_routes(self) -> None:
         self.routes = RouteController(self.conn,
@@ -56,6 +59,7 @@ class RouteSteering(Steering):
     async def repair_interface(self, tunnel: str) -> None:
         await self.interfaces.repair(tunnel)
         await self.cloud_check.keep()
+        await self.data_path.keep()
 
     async def reconfigure(self, conn: ConnectionConfig, *, links: bool, routes: bool) -> None:
         self.conn = conn
@@ -65,14 +69,17 @@ class RouteSteering(Steering):
             writes = await self.routes.reconfigure(conn)
             log.info("routes.reconfigured", connection=conn.name, writes=writes)
         await self.cloud_check.reconfigure(conn)
+        await self.data_path.reconfigure(conn)
 
     async def remove(self) -> None:
         await self.cloud_check.remove()
+        await self.data_path.remove()
         await self.routes.remove()
         await self.interfaces.remove()
 
     async def stop(self, *, withdraw: bool) -> None:
         await self.cloud_check.stop(withdraw=withdraw)
+        await self.data_path.stop(withdraw=withdraw)
         if withdraw:
             await self.routes.set_active(None, withdraw=True)
         await self.routes.stop()
