@@ -286,12 +286,11 @@ class Daemon:
         (vpnd.run.rotation), one tunnel at a time, traffic moved off it first."""
         from vpnd.run.rotation import psk_of, psk_only_changes, with_psk
 
-        rotate = psk_only_changes(self.config, new)
         busy = {n for n, r in self.rotator.rotations.items() if not r.final}
-        rotate = [(c, t) for c, t in rotate if c not in busy]
         keys: dict[str, dict] = {}
-        for c, t in rotate:
-            keys.setdefault(c, {})[t] = psk_of(new, c, t)
+        for c, t in psk_only_changes(self.config, new):
+            if c not in busy:               # a rotation in progress owns its keys already
+                keys.setdefault(c, {})[t] = psk_of(new, c, t)
             new = with_psk(new, c, t, psk_of(self.config, c, t))   # applied with the running key
         p = reload_plan.plan(self.config, new)
         await self._apply(new, p)

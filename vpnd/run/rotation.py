@@ -104,16 +104,17 @@ class Rotator:
             raise RotationRefused(f"{connection}: the configured keys equal the running ones: "
                                   "put the new key in the tunnel's psk_file (or psk) first")
         running = {t.name: t.psk for t in conn.tunnels}
-        state = self.d.sup.engine.status().get(connection, {}).get("tunnels", {})
-        unusable = [t for t, v in state.items() if not v.get("usable")]
-        if unusable:
-            raise RotationRefused(f"{connection}: {', '.join(unusable)} not usable now: a rotation "
-                                  "moves traffic to the other tunnel, so every tunnel must be up "
-                                  "first (nothing changed)")
         tunnels = order or tuple(t.name for t in conn.tunnels if t.name in keys)
         # the standby first: the active tunnel keeps traffic while the first one is proven
         active = self.d.active.get(connection)
         tunnels = tuple(sorted(tunnels, key=lambda t: t == active))
+        # each tunnel's traffic goes to another one meanwhile: that one must be usable (the
+        # tunnel itself may be down: a cloud that reset it when its key changed)
+        state = self.d.sup.engine.status().get(connection, {}).get("tunnels", {})
+        for t in tunnels:
+            if not any(v.get("usable") for o, v in state.items() if o != t):
+                raise RotationRefused(f"{connection}: no tunnel but {t} is usable now: rotating "
+                                      f"{t} would cut traffic (nothing changed)")
         for t in tunnels:
             self._keys[E.TunnelKey(connection, t)] = (running[t], keys[t])
         r, steps = R.start(connection, tunnels, self.clock(), already_drained=self._drained(connection))
