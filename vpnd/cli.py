@@ -72,6 +72,18 @@ def _control_commands(sub) -> None:
         p.add_argument("tunnel", metavar="TUNNEL")
         p.add_argument("--connection", default=None, help="needed when there are several")
         common(p)
+    p = sub.add_parser("psk", help="pre-shared keys: rotate them without an outage")
+    psk = p.add_subparsers(dest="psk_command", required=True)
+    p = psk.add_parser("rotate", help="load the configured (already updated) key, one tunnel "
+                       "at a time, traffic moved off each tunnel until it is proven")
+    p.add_argument("tunnel", metavar="TUNNEL", nargs="?", default=None,
+                   help="only this tunnel (default: every tunnel whose configured key changed)")
+    p.add_argument("--connection", default=None, help="needed when there are several")
+    p.add_argument("--abort", action="store_true", help="stop the rotation in progress; the "
+                   "tunnel being rotated gets its old key back")
+    p.add_argument("--no-wait", action="store_true", help="return once started (default: "
+                   "follow it until done, waiting for the cloud, failed or aborted)")
+    common(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         from vpnd.render.command import main as run
     elif args.command == "run":
         from vpnd.run.main import main as run
-    elif args.command in ("status", "failover", "drain", "undrain"):
+    elif args.command in ("status", "failover", "drain", "undrain", "psk"):
         from vpnd.control.cli import main as run
     elif args.command == "import":
         from vpnd.cloud.command import main as run

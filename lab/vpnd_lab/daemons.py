@@ -32,6 +32,9 @@ def strongswan_conf(vici: Path, *, libipsec: bool, log: Path, fast_retransmits: 
                else "  kernel-libipsec {\n   load = no\n  }\n")
     return (
         "charon {\n load_modular = yes\n"
+        # reauthentication brings the new IKE SA up before the old goes (strongSwan 6's
+        # default): `vpnd psk rotate` relies on it, as docs/operations.md asks of gateways
+        " make_before_break = yes\n"
         f" install_routes = {'yes' if libipsec else 'no'}\n"
         + (f" retransmit_timeout = {retransmit[0]}\n retransmit_tries = {retransmit[1]}\n retransmit_base = 1.0\n"
            if retransmit else

@@ -305,6 +305,28 @@ def load_cloud(lab: Lab, config: Config, opts: Options) -> None:
         raise LabError(f"the cloud side refused its configuration: {r.stdout}{r.stderr}")
 
 
+def change_cloud_psk(lab: Lab, config: Config, keys: dict[str, str]) -> None:
+    """What the operator does on the cloud's console ("modify the pre-shared key"): the cloud
+    side's key of each named tunnel (tunnel name -> new key) replaced. Only secrets are
+    loaded (`swanctl --load-creds`); the cloud's SAs stay up, as on the real console, until
+    the customer gateway re-authenticates."""
+    from dataclasses import replace
+
+    from vpnd.config.model import Secret
+    from vpnd_lab import cloud
+
+    conn = config.connections[0]
+    conn = replace(conn, tunnels=tuple(replace(t, psk=Secret(keys[t.name])) if t.name in keys else t
+                                       for t in conn.tunnels))
+    path = lab.dir / "cloud-creds.conf"
+    path.write_text(cloud.conf_text({}, cloud.peer_vici_secrets(conn), True))
+    path.chmod(0o600)
+    r = sh("swanctl", "--load-creds", "--noprompt", "--file", str(path), "--uri",
+           f"unix://{daemons.vici_path(lab, 'cloud')}", check=False)
+    if r.returncode != 0:
+        raise LabError(f"the cloud side refused its new key: {r.stdout}{r.stderr}")
+
+
 def nft(lab: Lab, role: str, ruleset: str) -> None:
     path = lab.dir / f"nft-{role}.conf"
     path.write_text(ruleset)

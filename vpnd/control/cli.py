@@ -18,6 +18,7 @@ from vpnd.config.model import DEFAULT_CONFIG, DaemonConfig
 from vpnd.control.server import Unreachable, request
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_PERMISSION, EXIT_NO_ANSWER = 0, 1, 2, 3, 4, 5
+EXIT_WAITING = 6        # `vpnd psk rotate`: the cloud still has the old key; the daemon retries
 _EXIT_BY_KIND = {"not_running": EXIT_NOT_RUNNING, "permission": EXIT_PERMISSION,
                  "no_answer": EXIT_NO_ANSWER}
 
@@ -58,6 +59,14 @@ def payload(args: Any) -> dict[str, Any]:
     cmd = args.command
     if cmd == "status":
         return {"command": "status"}
+    if cmd == "psk":
+        out = {"command": "psk_rotate"}
+        for k in ("connection", "tunnel"):
+            if getattr(args, k, None):
+                out[k] = getattr(args, k)
+        if getattr(args, "abort", False):
+            out["abort"] = "yes"
+        return out
     out: dict[str, Any] = {"command": cmd}
     if args.connection:
         out["connection"] = args.connection
@@ -91,12 +100,46 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
     if cmd == "status":
         out.write(render(reply["status"]))
         return EXIT_OK
+    if cmd == "psk":
+        return _follow_rotation(path, reply, args, out, err)
     what = {"drain": "drained", "undrain": "undrained"}.get(cmd, "forced active")
     print(f"{reply['connection']}: {reply['tunnel']} {what}; active tunnel: "
           f"{reply['active'] or 'none'} ({reply['reason']})", file=out)
     if reply.get("warning"):
         print(f"warning: {reply['warning']}", file=err)
     return EXIT_OK
+
+
+def _rotation_line(r: dict[str, Any]) -> str:
+    done = ", ".join(f"{x['tunnel']} in {x['seconds']:.1f} s" for x in r.get("rotated", []))
+    where = f" {r['tunnel']}" if r.get("tunnel") else ""
+    return (f"{r['connection']}:{where} {r['phase']}: {r['reason']}"
+            + (f" (rotated: {done})" if done else ""))
+
+
+def _follow_rotation(path: str, reply: dict, args: Any, out: TextIO, err: TextIO,
+                     poll: float = 0.5) -> int:
+    """Print each phase change until the rotation ends or waits for the cloud. Exit 0 done,
+    1 failed or aborted, 6 waiting for the cloud (it goes on retrying in the daemon)."""
+    import time
+
+    r = reply["rotation"]
+    print(_rotation_line(r), file=out)
+    if getattr(args, "no_wait", False) or getattr(args, "abort", False):
+        return EXIT_OK
+    last = (r["phase"], r.get("tunnel"))
+    while r["phase"] not in ("done", "failed", "aborted", "waiting_for_cloud"):
+        time.sleep(poll)
+        try:
+            st = request(path, {"command": "status"})
+        except Unreachable as exc:
+            print(f"vpnd psk: {exc}", file=err)
+            return _EXIT_BY_KIND[exc.kind]
+        r = st.get("status", {}).get("psk_rotation", {}).get(reply["connection"], r)
+        if (r["phase"], r.get("tunnel")) != last:
+            last = (r["phase"], r.get("tunnel"))
+            print(_rotation_line(r), file=out)
+    return {"done": EXIT_OK, "waiting_for_cloud": EXIT_WAITING}.get(r["phase"], EXIT_REFUSED)
 
 
 # --- the table ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The control socket: how `vpnd status`, `failover`, `drain` and `undrain` reach the daemon.
+"""The control socket: how `vpnd status`, `failover`, `drain`, `undrain` and `psk rotate` reach
+the daemon.
 
 Protocol: a unix stream socket; each request is one JSON object on one line, each reply one
 JSON object on one line (`{"ok": true, ...}` or `{"ok": false, "code": ..., "error": ...}`);
@@ -41,6 +42,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "failover": (("connection", "to"), True),
     "drain": (("connection", "tunnel"), True),
     "undrain": (("connection", "tunnel"), True),
+    # the new key is never sent here: the daemon reads the configured one (vpnd.run.rotation)
+    "psk_rotate": (("connection", "tunnel", "abort"), True),
 }
 
 
@@ -63,8 +66,10 @@ class ControlServer:
                  apply: Callable[[object], Awaitable[None]],
                  max_request: int = MAX_REQUEST, read_timeout: float = READ_TIMEOUT,
                  apply_timeout: float = APPLY_TIMEOUT, max_clients: int = MAX_CLIENTS,
-                 admin_uids: frozenset[int] | None = None) -> None:
+                 admin_uids: frozenset[int] | None = None,
+                 rotate: Callable[[str, str | None, bool], Awaitable[dict]] | None = None) -> None:
         self.path = path
+        self._rotate = rotate
         self._status = status
         self._apply = apply
         self.max_request = max_request
@@ -219,6 +224,40 @@ class ControlServer:
             raise Refused("not_usable", f"{key.tunnel} of {key.connection} is not usable ({why}): "
                           f"nothing changed, {where}")
         return _done(key, c)
+
+    async def _cmd_psk_rotate(self, req: dict) -> dict[str, Any]:
+        """Start (or abort) a connection's PSK rotation; the reply is its state, `status`
+        follows it (`psk_rotation`). Refusals carry the reason, never a key."""
+        if self._rotate is None:
+            raise Refused("unsupported", "this daemon does not rotate keys")
+        name = self._resolve(req, "tunnel").connection if req.get("tunnel") is not None \
+            else self._one_connection(req)
+        try:
+            state = await asyncio.wait_for(self._rotate(name, req.get("tunnel"),
+                                                        req.get("abort") in ("yes", "true", "1")),
+                                           self.apply_timeout)
+        except TimeoutError:
+            raise Refused("timeout", "the daemon did not answer in time") from None
+        except Refused:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ != "RotationRefused":
+                raise
+            raise Refused("refused", str(exc)) from None
+        return {"ok": True, "connection": name, "rotation": state}
+
+    def _one_connection(self, req: dict) -> str:
+        conns = self._status()["connections"]
+        name = req.get("connection")
+        if name is None:
+            if len(conns) != 1:
+                raise Refused("bad_request", "more than one connection: name one with "
+                              f"--connection ({', '.join(conns) or 'none configured'})")
+            return next(iter(conns))
+        if name not in conns:
+            raise Refused("unknown_connection", f"no connection named {name[:60]!r}; known: "
+                          f"{', '.join(conns) or 'none'}")
+        return name
 
     async def _run(self, event: object) -> None:
         try:

@@ -22,6 +22,7 @@ from vpnd.core import actions as A
 from vpnd.core import events as E
 from vpnd.metrics import Metrics
 from vpnd.run import reload_plan
+from vpnd.run.rotation import Rotator
 from vpnd.run.supervisor import Supervisor, install_signal_handlers
 from vpnd.steering.base import Services, Steering
 from vpnd.steering.spec import ProbeSpec, probe_spec
@@ -85,6 +86,7 @@ class Daemon:
         self._wire()
         self.board = self._status_board()
         self.board.data_path = self.services.data_path
+        self.rotator = Rotator(self)                   # `vpnd psk rotate` (vpnd.run.rotation)
         self.sup.reloader = self.reload
         self.sup.on_reload_result = self.metrics.reload_result
         self.sup.status = self._summary
@@ -253,6 +255,7 @@ class Daemon:
     async def stop(self, *, withdraw: bool) -> None:
         """Probes, then each connection's steering (routes and FRR stay unless `withdraw`),
         then the modes' shared backends, then charon."""
+        await self.rotator.stop()
         for p in [*self.path_mtu_probes.values(), *self.probes.values()]:
             await p.stop()
         for steering in self.steering.values():
@@ -318,10 +321,26 @@ class Daemon:
     # --- reload by difference ------------------------------------------------------------
 
     async def reload(self, new: Config) -> dict[str, Any]:
-        """Apply a validated config by difference; returns what changed, for the log."""
+        """Apply a validated config by difference; returns what changed, for the log. A tunnel
+        whose only change is its key is not restarted: it goes through a PSK rotation
+        (vpnd.run.rotation), one tunnel at a time, traffic moved off it first."""
+        from vpnd.run.rotation import psk_of, psk_only_changes, with_psk
+
+        busy = {n for n, r in self.rotator.rotations.items() if not r.final}
+        keys: dict[str, dict] = {}
+        for c, t in psk_only_changes(self.config, new):
+            if c not in busy:               # a rotation in progress owns its keys already
+                keys.setdefault(c, {})[t] = psk_of(new, c, t)
+            new = with_psk(new, c, t, psk_of(self.config, c, t))   # applied with the running key
         p = reload_plan.plan(self.config, new)
         await self._apply(new, p)
         fields: dict[str, Any] = {"changes": p.summary()}
+        for c, ks in keys.items():
+            try:
+                self.rotator.begin(c, ks)
+                fields.setdefault("psk_rotation", []).extend(f"{c}.{t}" for t in ks)
+            except Exception as exc:            # RotationRefused: said, the old key kept
+                log.warning("psk.rotation_refused", connection=c, error=str(exc))
         if p.daemon_fields:
             fields["restart_needed"] = [f"daemon.{f}" for f in p.daemon_fields]
             log.warning("config.restart_needed", keys=fields["restart_needed"],
@@ -423,7 +442,8 @@ class Daemon:
         from vpnd.control.server import ControlError, ControlServer
 
         path = self.config.daemon.control_socket
-        server = ControlServer(path, status=self.board.status, apply=self.sup.apply)
+        server = ControlServer(path, status=self._control_status, apply=self.sup.apply,
+                               rotate=self._rotate)
         try:
             await server.start()
         except ControlError as err:
@@ -431,6 +451,37 @@ class Daemon:
             return None
         log.info("control.listening", socket=path)
         return server
+
+    def _control_status(self) -> dict[str, Any]:
+        status = self.board.status()
+        if self.rotator.rotations:
+            status["psk_rotation"] = self.rotator.status()
+        return status
+
+    async def _rotate(self, connection: str, tunnel: str | None, abort: bool) -> dict[str, Any]:
+        """`vpnd psk rotate`: the new keys are the configured ones (re-read and validated like
+        a reload); only keys are taken from the file, everything else waits for a reload."""
+        from vpnd.config.load import load_file_with_warnings
+        from vpnd.run.rotation import RotationRefused
+
+        if abort:
+            return self.rotator.abort(connection)
+        try:
+            new = load_file_with_warnings(self.config.source, strict_permissions=True)[0]
+        except Exception as exc:
+            errors = getattr(exc, "errors", None)
+            where = "; ".join(f"{e.path}: {e.message}" for e in errors) if errors else type(exc).__name__
+            raise RotationRefused(f"the configuration does not load ({where}): nothing changed") from None
+        logs.register_secrets(t.psk.reveal() for c in new.connections for t in c.tunnels)
+        conn = self._connection(connection)
+        fresh = next((c for c in new.connections if c.name == connection), None)
+        if conn is None or fresh is None:
+            raise RotationRefused(f"{connection}: not in both the running and the configured config")
+        running = {t.name: t.psk.reveal() for t in conn.tunnels}
+        keys = {t.name: t.psk for t in fresh.tunnels
+                if t.name in running and t.psk.reveal() != running[t.name]
+                and (tunnel is None or t.name == tunnel)}
+        return self.rotator.begin(connection, keys)
 
     async def _loop_lag(self, interval: float = 0.5) -> None:
         """How late the loop wakes a timer: a busy or blocked loop delays probes and switches."""
