@@ -130,3 +130,28 @@ def test_parked_tunnel_comes_back_at_once_when_the_other_fails():
 def test_switched_off_nothing_is_parked():
     r = esp_dead_t1(Run(cfg(park_dead_tunnel=False)))
     assert r.switches()[-1] == "t2" and not r.of(Terminate)
+
+
+def test_losses_while_the_teardown_is_in_flight_do_not_park_it_again():
+    r = esp_dead_t1(Run(cfg()))
+    r.feed([(12.1, lost("t1")), (12.2, lost("t1")), (12.3, lost("t1")), (12.4, lost("t1"))])
+    assert len(r.of(Terminate)) == 1 and r.t("t1")["parked_until"] == 22.0
+    r.feed([(12.5, ChildDown(T1, 1, 11, "deleted"))])
+    assert r.t("t1")["next_initiate"] == 22.0
+
+
+def test_the_teardown_keeps_the_standby_excused_until_the_cloud_moves():
+    r = esp_dead_t1(Run(cfg()))
+    r.feed([(12.05, ChildDown(T1, 1, 11, "deleted")), (12.5, lost("t2")), (13.0, lost("t1")),
+            (13.5, lost("t2"))])     # the cloud's SA poll has not moved it yet
+    assert r.t("t2")["usable"] and r.t("t2")["blinded"]
+    assert r.t("t1")["state"] == "parked" and r.switches() == ["t1", "t2"]
+
+
+def test_unparked_for_want_of_another_tunnel_it_must_answer_before_it_is_used():
+    r = esp_dead_t1(Run(cfg()))
+    r.feed([(12.05, ChildDown(T1, 1, 11, "deleted")),
+            (14.0, ChildDown(key("t2"), 2, 12, "DPD timeout")), (14.05, ChildUp(T1, 1, 111))])
+    assert not r.t("t1")["usable"] and r.switches()[-1] == "t2"     # both down: kept
+    r.feed([(15.0, ok("t1", "t1"))])
+    assert r.t("t1")["usable"] and r.switches()[-1] == "t1"

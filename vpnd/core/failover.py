@@ -240,6 +240,7 @@ class Health(NamedTuple):
     parks: int = 0                  # parkings in a row (each one following an un-parking closely)
     unparked_at: float | None = None
     proving: int = 0                # parked and tested: answered probes in a row
+    testing: bool = False           # parked, and its CHILD SA came back since: the test runs
 
 
 class Connection(NamedTuple):
@@ -374,7 +375,7 @@ def _assess(h: Health, cfg: ConnectionConfig, now: float, excuse: str = "") -> H
     if h.parked:
         failing, usable = True, False
         why = (f"parked ({h.parked}): proving, {h.proving}/{_prove(cfg)} answered"
-               if h.established else f"parked ({h.parked})")
+               if h.testing else f"parked ({h.parked})")
     since = (h.since if h.since is not None else now) if usable else None
     if (failing, usable, why, since, excuse) == (h.failing, h.usable, h.why, h.since, h.blinded):
         return h
@@ -467,7 +468,7 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
             r = c.tunnels.index(h.via) if h.via in c.tunnels else None
             h = _probe(h, event, now, health[r] if r is not None else None, cfg)
             if h.parked:
-                h = h._replace(proving=h.proving + 1 if event.ok and h.established else 0)
+                h = h._replace(proving=h.proving + 1 if event.ok and h.testing else 0)
             if event.ok and event.via is not None and event.via != event.tunnel.tunnel \
                     and event.via in c.tunnels:
                 sent_on.append(event.via)
@@ -475,7 +476,9 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
             h = h._replace(established=event.established,
                            seen_up=h.seen_up or event.established, proving=0)
             if h.parked and event.established:      # the test begins: judged afresh
-                h = h._replace(losses=0, lost_up=0, lost_bgp=0, fail_at=None)
+                h = h._replace(losses=0, lost_up=0, lost_bgp=0, fail_at=None, testing=True)
+            elif h.parked:      # the teardown is done; its losses still explain the standby's
+                h = h._replace(testing=False)
         elif typ is CharonAlert:
             fail_at = h.losses + 1
             h = h._replace(fail_at=fail_at if h.fail_at is None else min(h.fail_at, fail_at))
@@ -540,18 +543,19 @@ def _release(c: Connection, cfg: ConnectionConfig, now: float, out: list[Action]
         if not _others_usable(c, name) or not _parking_on(cfg):
             why = "no other tunnel usable" if _parking_on(cfg) else "parking switched off"
             out.append(Unpark(key, why))
+            # judged by its evidence as before: usable again only once it is answered
             c = _set(c, i, h._replace(parked="", park_until=None, proving=0, unparked_at=now,
-                                      losses=0, lost_up=0, lost_bgp=0), cfg, now)
-        elif h.established and h.proving >= _prove(cfg):
+                                      testing=False), cfg, now)
+        elif h.testing and h.established and h.proving >= _prove(cfg):
             out.append(Unpark(key, f"proven: {h.proving} probes answered in a row"))
-            c = _set(c, i, h._replace(parked="", park_until=None, proving=0, unparked_at=now),
-                     cfg, now)
-        elif h.established and h.losses >= _retries(cfg):
+            c = _set(c, i, h._replace(parked="", park_until=None, proving=0, unparked_at=now,
+                                      testing=False), cfg, now)
+        elif h.testing and h.established and h.losses >= _retries(cfg):
             until = now + _park_hold(h.parks + 1)
             reason = f"test failed, {h.losses} probes lost in a row"
             out.append(Park(key, until, reason))
             c = _set(c, i, h._replace(parked=reason, park_until=until, parks=h.parks + 1,
-                                      proving=0), cfg, now)
+                                      proving=0, testing=False), cfg, now)
     return c
 
 
@@ -578,8 +582,8 @@ def _park(c: Connection, cfg: ConnectionConfig, now: float, out: list[Action]) -
         until = now + _park_hold(parks)
         reason = f"IKE alive, data path dead: {h.why}"
         out.append(Park(TunnelKey(c.name, name), until, reason))
-        c = _set(c, i, h._replace(parked=reason, park_until=until, parks=parks, proving=0),
-                 cfg, now)
+        c = _set(c, i, h._replace(parked=reason, park_until=until, parks=parks, proving=0,
+                                  testing=False), cfg, now)
         parked = True
     if parked and cfg.has_bgp:
         c = _neighbors(c, cfg, out)
