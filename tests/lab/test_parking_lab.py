@@ -66,3 +66,29 @@ def test_esp_dead_tunnel1_is_parked_the_cloud_moves_and_the_repair_is_proven(mak
     assert len(lab.events("connection.active_changed", active="tunnel1")) == to1 + 1
     assert active_interface(lab.lab) == "vxlan1" and cloud_model.sending(lab.lab) == 0
     assert round_trip_works(lab)
+
+
+def test_bgp_esp_dead_tunnel1_is_parked_and_proven_before_its_neighbor_returns(make_lab):
+    """BGP mode, timers 10/30, the vendor cloud (its BGP best path): the more-specifics on
+    tunnel 2 move the cloud's return path; parking adds that tunnel 1 carries nothing while
+    its data path is dead, and its neighbor comes back only after the proof."""
+    from vpnd_testing.lab_fixtures import bgp_lab
+
+    lab = bgp_lab(make_lab, bgp_timers=(10, 30), cloud_model="vendor", probe_peer=True,
+                  preempt_delay=2.0)
+    wait_until("LAN->VPC answers", lambda: round_trip_works(lab), 15, interval=0.2)
+    to2 = len(lab.events("connection.active_changed", active="tunnel2"))
+    faults.esp_dead(lab.lab, 0, "libipsec", "bgp")
+    lab.wait_event("tunnel.state_changed", tunnel="tunnel1", to="parked", timeout=10)
+    wait_until("traffic flows both ways", lambda: round_trip_works(lab), 15, interval=0.2)
+    t = tunnels(lab)
+    assert t["tunnel1"]["state"] == "parked" and t["tunnel2"]["usable"]
+    to1 = len(lab.events("connection.active_changed", active="tunnel1"))
+    faults.repair(lab.lab)
+    proven = lab.wait_event("tunnel.state_changed", tunnel="tunnel1", to="established", timeout=25,
+                            **{"from": "parked"})
+    assert "proven" in proven["reason"], proven
+    lab.wait_event("connection.active_changed", after=to1, active="tunnel1", timeout=40)
+    time.sleep(3.0)
+    assert len(lab.events("connection.active_changed", active="tunnel2")) == to2 + 1
+    assert round_trip_works(lab)
