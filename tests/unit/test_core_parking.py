@@ -155,3 +155,49 @@ def test_unparked_for_want_of_another_tunnel_it_must_answer_before_it_is_used():
     assert not r.t("t1")["usable"] and r.switches()[-1] == "t2"     # both down: kept
     r.feed([(15.0, ok("t1", "t1"))])
     assert r.t("t1")["usable"] and r.switches()[-1] == "t1"
+
+
+# --- property: the invariants of test_core_properties (plus its parking ones) hold on event
+# sequences that do park: both tunnels up and answered first, then bursts of losses mixed in
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from test_core_properties import CONFIGS, EVENTS, Checker  # noqa: E402
+from vpnd.core.events import CharonConnected, SaSnapshot, TunnelSa  # noqa: E402
+
+PARKING_EVENTS = st.one_of(
+    EVENTS,
+    st.builds(ProbeResult, st.sampled_from([key("t1"), key("t2")]), st.just(False)),
+    st.builds(ProbeResult, st.sampled_from([key("t1"), key("t2")]), st.just(False)),
+    st.builds(ProbeResult, st.sampled_from([key("t1"), key("t2")]), st.just(True), st.just(0.01),
+              st.sampled_from(["t1", "t2", None])),
+)
+PARKING_STEPS = st.lists(st.tuples(st.sampled_from([0.0, 0.5, 1.0, 3.0, 11.0, 61.0]),
+                                   PARKING_EVENTS), max_size=80)
+SEEN = {"parks": 0}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(CONFIGS.map(lambda c: dataclasses.replace(
+    c, failover=dataclasses.replace(c.failover, park_dead_tunnel=True))), PARKING_STEPS)
+def test_parking_keeps_every_invariant(cfg, steps):
+    check = Checker(cfg)
+    now = 0.0
+    for event in [CharonConnected(),
+                  SaSnapshot((TunnelSa(key("t1"), 1, "ESTABLISHED", 11, "INSTALLED"),
+                              TunnelSa(key("t2"), 2, "ESTABLISHED", 12, "INSTALLED"))),
+                  ok("t1", "t1"), ok("t2", "t1")]:
+        now += 0.1
+        check.feed(event, now)
+    for dt, event in steps:
+        now += dt
+        out = check.feed(event, now)
+        SEEN["parks"] += sum(1 for a in out if isinstance(a, Terminate) and a.child_id)
+        if check.engine.next_deadline is not None and check.engine.next_deadline <= now:
+            check.feed(Tick(), now)
+
+
+def test_the_property_above_did_park():
+    test_parking_keeps_every_invariant()
+    assert SEEN["parks"] > 0

@@ -312,6 +312,8 @@ def _return_path(h: Health, name: str, by_name: dict[str, Health],
     """Why `h`'s current run of losses is explained by the tunnel its replies return through
     ("" when it is its own evidence). See "The return path" in the module docstring."""
     r = h.via
+    if cfg.health_check is None:
+        return ""                   # no probes judge anything (an answer without a check)
     if h.losses == 0 or r is None or r == name or r not in by_name or not h.answered \
             or h.fail_at is not None or h.lost_since is None:
         return ""
