@@ -201,3 +201,8 @@ def test_parking_keeps_every_invariant(cfg, steps):
 def test_the_property_above_did_park():
     test_parking_keeps_every_invariant()
     assert SEEN["parks"] > 0
+
+
+def test_policy_mode_never_parks():
+    r = esp_dead_t1(Run(cfg(routing="policy")))
+    assert not r.of(Terminate) and r.t("t1")["state"] == "established"

@@ -118,7 +118,8 @@ withdraws a working path and never blocks bring-up. The active tunnel's
 neighbor stays up while it fails if no other tunnel is usable and both_down=keep (shutting it
 would withdraw everything: that is "keep" in BGP terms). Neighbors start as rendered (enabled).
 
-Parking (failover.park_dead_tunnel, default on). A tunnel whose IKE SA answers but whose data
+Parking (failover.park_dead_tunnel, default on; route and bgp modes, not policy mode, where
+the CHILD SA itself selects the carrier and the cloud's move is XfrmInTmplMismatch's). A tunnel whose IKE SA answers but whose data
 path is dead keeps its SAs, so the cloud keeps sending on it: its DPD sees IKE alive and never
 fires, and with its health check off it never moves. Tearing that tunnel's CHILD SA down
 (Park; the IKE SA stays, so the test later is one CREATE_CHILD_SA) makes the cloud see the SAs
@@ -562,7 +563,10 @@ def _release(c: Connection, cfg: ConnectionConfig, now: float, out: list[Action]
 
 
 def _parking_on(cfg: ConnectionConfig) -> bool:
-    return cfg.failover.park_dead_tunnel and _probes_apply(cfg) and len(cfg.tunnels) > 1
+    """Route and bgp modes only: in policy mode the CHILD SA *is* the carrier choice (on
+    libipsec the newest one wins), so a test's CHILD SA would take the traffic itself."""
+    return (cfg.failover.park_dead_tunnel and _probes_apply(cfg) and len(cfg.tunnels) > 1
+            and not cfg.selects_by_sa)
 
 
 def _park(c: Connection, cfg: ConnectionConfig, now: float, out: list[Action]) -> Connection:
