@@ -27,6 +27,12 @@ wait is capped (`--baseline-cap`); `baseline_capped` says when the cap was hit.
 
     python bench/failover.py --mode bgp [--bfd-ms 100] [--timers 10,30] [--plain]
     python bench/failover.py --mode policy
+    python bench/failover.py --fault esp_dead --cloud-check off [--no-park]
+
+`--fault esp_dead`: tunnel 1's data path dead, its IKE SA alive (faults.esp_dead), best run
+with the cloud at its defaults (`--cloud-check off`, DPD 30 s): the cloud then moves only
+when vpnd parks tunnel 1 (tears its CHILD SA down, failover.park_dead_tunnel); `--no-park`
+is the figure without parking (the cloud never moves: the run waits out its cap).
 
 `--mode policy` (libipsec backend): routing = "policy", no routes; the switch is vpnd making
 tunnel 2's CHILD SA the carrier, reaction_ms the VICI terminate + initiate it took.
@@ -63,7 +69,7 @@ from vpnd_lab.streams import Streams
 from vpnd_lab.topology import Lab, LabError
 from vpnd.render import swanctl
 
-FAULTS = ("blackhole", "unreachable")
+FAULTS = ("blackhole", "unreachable", "esp_dead")
 
 # The connect_N.sh of the vendor's strongSwan guide, parameterised: charon's updown plugin runs it with
 # PLUTO_VERB set; arguments: interface, metric, remote network, log file.
@@ -101,6 +107,8 @@ def events(lab: Lab, name: str) -> list[dict]:
 def inject(lab: Lab, fault: str, backend: str) -> None:
     if fault == "blackhole":
         faults.blackhole(lab, 0, backend)
+    elif fault == "esp_dead":
+        faults.esp_dead(lab, 0, backend)
     else:
         faults.peer_unreachable(lab, 0)
 
@@ -386,7 +394,8 @@ def summarize(runs: list[dict], args: argparse.Namespace, opts: scenario.Options
            "failed_over": all(r.get("failed_over", True) for r in runs),
            "cloud_check": list(opts.cloud_check) if opts.cloud_check and opts.routing != "bgp" else None,
            "cloud_dpd_timeout_s": scenario.cloud_dpd_timeout(opts),
-           "cloud_budget_ms": cloud_budget_ms(opts, args.fault)}
+           "cloud_budget_ms": cloud_budget_ms(opts, args.fault),
+           "park_dead_tunnel": opts.park_dead_tunnel}
     if opts.routing == "policy":
         out["mode"] = "policy"
     if opts.routing == "bgp":
@@ -474,6 +483,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "the tunnel each packet arrived on (the lab's original)")
     ap.add_argument("--cloud-check", default="1,3",
                     help="vendor, route modes: the cloud's health check INTERVAL,RETRIES, or off")
+    ap.add_argument("--no-park", action="store_true",
+                    help="failover.park_dead_tunnel = false: vpnd keeps tunnel 1's CHILD SA")
     ap.add_argument("--cloud-dpd-timeout", type=float, default=None,
                     help="vendor: the cloud's DPD timeout (s); default 30 (the vendor's IPsec-VPN documentation)")
     args = ap.parse_args(argv)
@@ -498,7 +509,8 @@ def options(args: argparse.Namespace, backend: str) -> scenario.Options:
                             timeout=args.timeout if args.timeout is not None else base.timeout,
                             retries=args.retries, preempt_delay=30.0, dpd_delay=10,
                             cloud_model=args.cloud_model, cloud_check=args.cloud_check_parsed,
-                            cloud_dpd_timeout=args.cloud_dpd_timeout)
+                            cloud_dpd_timeout=args.cloud_dpd_timeout,
+                            park_dead_tunnel=not args.no_park)
     if args.mode == "policy":
         opts = replace(opts, routing="policy")
         if backend == "libipsec" and opts.cloud_model == "vendor":

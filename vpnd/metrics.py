@@ -21,7 +21,8 @@ from vpnd.core.events import TunnelKey
 if TYPE_CHECKING:
     from vpnd.metrics_server import MetricsServer
 
-TUNNEL_STATES = ("down", "connecting", "phase1_failed", "ike_up", "phase2_failed", "established")
+TUNNEL_STATES = ("down", "connecting", "phase1_failed", "ike_up", "phase2_failed", "established",
+                 "parked")
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # The failover policy explains a switch in prose ("preferred tunnel1 healthy for 10.3 s: ...");
 # a label needs a closed vocabulary, or every switch would create a new series.

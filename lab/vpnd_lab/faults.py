@@ -35,6 +35,14 @@ def blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> No
     _drop(lab, _blackhole_rules(lab, tunnel, backend, routing))
 
 
+def esp_dead(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> None:
+    """Tunnel n's data path dead, its IKE SA alive (the cloud's DPD never fires): in route
+    mode on libipsec that is exactly `blackhole` (the VXLAN inside the tunnel dropped); with
+    the native backend the cloud's XFRM interface drops the decrypted traffic while IKE (UDP
+    on the WAN) passes; in policy mode the ESP packets, told apart from IKE by the marker."""
+    blackhole(lab, tunnel, backend, routing)
+
+
 def only_blackhole(lab: Lab, tunnel: int, backend: str, routing: str = "route") -> None:
     """Repair every other black hole and keep (or make) tunnel n's, in one nft transaction:
     a flush followed by a new rule would open tunnel n for a moment, long enough for a probe

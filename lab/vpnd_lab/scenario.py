@@ -54,6 +54,7 @@ class Options:
     cloud_psk: tuple[str, str] | None = None     # a different cloud PSK: phase 1 must fail
     cloud_esp: str | None = None                  # a different cloud ESP cipher: phase 2 must fail
     both_down: str = "keep"                       # failover.both_down: keep | withdraw
+    park_dead_tunnel: bool = True                 # failover.park_dead_tunnel
     hold_down: float = 1.0
     frr_by_vpnd: bool = False          # bgp: leave cgw's FRR empty, vpnd configures it
     bgp_timers: tuple[int, int] = (1, 3)          # keepalive, hold
@@ -150,6 +151,7 @@ retries = {opts.retries}{"" if opts.timeout is None else chr(10) + "timeout = " 
 preempt_delay = {opts.preempt_delay}
 hold_down = {opts.hold_down}
 both_down = "{opts.both_down}"
+park_dead_tunnel = {"true" if opts.park_dead_tunnel else "false"}
 """ + (f"""
 [connection.bgp]
 local_asn = 65530

@@ -24,7 +24,10 @@ def connection(name: str = "c", *, routing: str = "route", tunnels: int = 2,
                health: bool = True, switch_route: bool = True, retries: int = 3,
                max_rtt_ms: float | None = None, max_loss_percent: float | None = None,
                standby: str | None = None, **failover: object) -> ConnectionConfig:
-    """standby (bgp mode): the [connection.bgp] table's standby; None: no table at all."""
+    """standby (bgp mode): the [connection.bgp] table's standby; None: no table at all.
+    Parking (failover.park_dead_tunnel) is off unless asked for: the older scenarios judge
+    the failover rules alone, the parking ones turn it on."""
+    failover.setdefault("park_dead_tunnel", False)
     hc = HealthCheckConfig(
         destination=ipaddress.IPv4Address("10.0.0.1"), source=ipaddress.IPv4Address("10.1.0.1"),
         retries=retries, switch_route=switch_route, max_rtt_ms=max_rtt_ms,

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vpnd_testing.core_helpers import config, connection, key
-from vpnd.core.actions import Initiate, ReportTransition, SetActive, SetBgpNeighbor
+from vpnd.core.actions import Terminate, Initiate, ReportTransition, SetActive, SetBgpNeighbor
 from vpnd.core.engine import Engine
 from vpnd.core.events import (
     Adopted, BfdChanged, BgpSessionChanged, CharonAlert, CharonConnected, CharonDisconnected, ChildDown,
@@ -64,6 +64,7 @@ CONFIGS = st.builds(
     hold_down=st.sampled_from([0.0, 5.0, 30.0]),
     max_switches_per_minute=st.sampled_from([0, 1, 2, 4]),
     both_down=st.sampled_from(["keep", "withdraw"]),
+    park_dead_tunnel=st.booleans(),
     standby=st.sampled_from([None, "prepend", "ecmp"]),
 )
 
@@ -143,6 +144,17 @@ class Checker:
             assert after.of(after.active).neighbor
         if self.cfg.routing == "bgp" and after.active is not None and self.usable(after.active):
             assert after.of(after.active).neighbor        # reporting agrees with BGP
+
+        # parking: only with the switch on, never the active or the last usable tunnel, and
+        # a parked tunnel is never usable
+        for a in actions:
+            if isinstance(a, Terminate) and a.child_id is not None:
+                t = a.tunnel.tunnel
+                assert self.cfg.failover.park_dead_tunnel and after.active != t
+                assert any(self.usable(n) for n in names if n != t)
+        for n in names:
+            if e.tunnels[key(n)].state == "parked":
+                assert not self.usable(n) and after.of(n).parked
 
         # switches: classify and check the damping bound
         if after.active is not None and after.active != before.active:

@@ -649,10 +649,13 @@ class CharonAdapter:
         return True
 
     async def terminate(self, tunnel: TunnelKey, ike_id: int | None = None, *,
-                        timeout: float = 0.0) -> bool:
-        """Tear a tunnel's IKE SA down (one by id, else all of the tunnel's). True if sent."""
+                        child_id: int | None = None, timeout: float = 0.0) -> bool:
+        """Tear a tunnel's IKE SA down (one by id, else all of the tunnel's), or with
+        child_id only that CHILD SA (parking: the IKE SA stays). True if sent."""
         try:
-            if ike_id is not None:
+            if child_id is not None:
+                await self.client.terminate(child_id=child_id, timeout=timeout)
+            elif ike_id is not None:
                 await self.client.terminate(ike_id=ike_id, force=True, timeout=timeout)
             else:
                 await self.client.terminate(ike=self._names[tunnel], force=True, timeout=timeout)

@@ -130,6 +130,8 @@ class FailoverConfig:
     hold_down: float = 5.0                      # minimum seconds between two switches
     max_switches_per_minute: int = 4            # flap damping
     both_down: BothDown = "keep"                # keep routes (no clear-text leak) or withdraw
+    park_dead_tunnel: bool = True               # tear down the CHILD SA of a tunnel whose data
+                                                # path is dead but IKE alive (the cloud moves)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ HEALTH_KEYS = (
     "max_loss_percent", "kind", "port", "path_mtu_interval",
 )
 CLOUD_HEALTH_KEYS = ("source_ip", "destination_ip", "interval", "retries", "switch_route")
-FAILOVER_KEYS = ("preempt", "preempt_delay", "hold_down", "max_switches_per_minute", "both_down")
+FAILOVER_KEYS = ("preempt", "preempt_delay", "hold_down", "max_switches_per_minute", "both_down",
+                 "park_dead_tunnel")
 BGP_KEYS = (
     "local_asn", "peer_asn", "keepalive", "hold", "networks", "maximum_paths", "standby",
     "prepend_count", "return_path", "router_id", "bfd",
@@ -257,6 +258,8 @@ class SectionReader(Reader):
                                                  df.max_switches_per_minute, 1, 600),
             both_down=self.string(d, "both_down", f"{p}.both_down", df.both_down,
                                   rules.BOTH_DOWN),
+            park_dead_tunnel=self.boolean(d, "park_dead_tunnel", f"{p}.park_dead_tunnel",
+                                          df.park_dead_tunnel),
         )
 
     def asn(self, d: dict[str, Any], key: str, path: str, default: int) -> int | None:

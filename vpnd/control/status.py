@@ -23,7 +23,8 @@ STATUS_VERSION = 1
 PROBE_WINDOW = 10       # the loss ratio shown is over the last PROBE_WINDOW probes
 
 _IKE_BY_STATE = {"connecting": "CONNECTING", "phase1_failed": "FAILED"}
-_CHILD_BY_STATE = {"phase2_failed": "FAILED", "ike_up": "CONNECTING", "connecting": "CONNECTING"}
+_CHILD_BY_STATE = {"phase2_failed": "FAILED", "ike_up": "CONNECTING", "connecting": "CONNECTING",
+                   "parked": "PARKED"}
 
 
 @dataclass
@@ -172,6 +173,10 @@ class StatusBoard:
                     # it), and why its losses are that tunnel's, not its own ("blinded")
                     "replies_via": s.get("replies_via"),
                     "blinded": s.get("blinded") or None,
+                    # vpnd tore its CHILD SA down (IKE alive, data dead) so the cloud moves
+                    "parked": s.get("parked") or None,
+                    "parked_until": _iso(wall - (now - s["parked_until"]))
+                    if s.get("parked_until") is not None else None,
                     "drained": s["drained"],
                     "interface": t.interface,
                     "since": _iso(wall - (now - since)) if since is not None else None,

@@ -16,8 +16,11 @@ class Initiate:
 
 @dataclass(frozen=True)
 class Terminate:
+    """Tear SAs down: one IKE SA by id, all of the tunnel's, or (child_id) only one CHILD SA."""
+
     tunnel: TunnelKey
     ike_id: int | None = None
+    child_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -141,8 +141,17 @@ class Engine:
             return False
         new, actions = failover.decide_all(c, self._cfg[name], events, now)
         self.connections[name] = new
-        out.extend(actions)
-        return self._note(name, new.deadline)
+        changed = self._note(name, new.deadline)
+        for a in actions:       # parking is carried out by the tunnel machine
+            if type(a) is failover.Park or type(a) is failover.Unpark:
+                t = self.tunnels.get(a.tunnel)
+                if t is not None:
+                    ev = (tunnel.Park(a.tunnel, a.until, a.reason) if type(a) is failover.Park
+                          else tunnel.Unpark(a.tunnel, a.reason))
+                    changed |= self._run_tunnel(a.tunnel, t, ev, now, out, [])
+            else:
+                out.append(a)
+        return changed
 
     def _run_batch(self, changes: list[TunnelChanged], now: float, out: list[Action]) -> bool:
         by_connection: dict[str, list[TunnelChanged]] = {}
@@ -233,7 +242,8 @@ class Engine:
                     "state": t.state, "since": t.since, "reason": t.reason,
                     "ike_id": t.ike_id, "child_id": t.child_id, "usable": h.usable,
                     "why_not_usable": h.why, "probe_losses": h.losses, "drained": h.drained,
-                    "replies_via": h.via, "blinded": h.blinded,
+                    "replies_via": h.via, "blinded": h.blinded, "parked": h.parked,
+                    "parked_until": h.park_until if h.parked else None,
                     "next_initiate": t.retry_at if not t.established else None,
                 }
             out[name] = {"state": c.state, "active": c.active, "reason": c.reason,

@@ -117,6 +117,34 @@ nothing and a neighbor shut for them is enabled again with a fresh trial. So the
 withdraws a working path and never blocks bring-up. The active tunnel's
 neighbor stays up while it fails if no other tunnel is usable and both_down=keep (shutting it
 would withdraw everything: that is "keep" in BGP terms). Neighbors start as rendered (enabled).
+
+Parking (failover.park_dead_tunnel, default on; route and bgp modes, not policy mode, where
+the CHILD SA itself selects the carrier and the cloud's move is XfrmInTmplMismatch's). A tunnel whose IKE SA answers but whose data
+path is dead keeps its SAs, so the cloud keeps sending on it: its DPD sees IKE alive and never
+fires, and with its health check off it never moves. Tearing that tunnel's CHILD SA down
+(Park; the IKE SA stays, so the test later is one CREATE_CHILD_SA) makes the cloud see the SAs
+gone and move at once. vpnd parks a tunnel only when all of these hold:
+* a health check with switch_route = true judges the tunnel: its CHILD SA is installed, it has
+  been answered before, and it is unusable by its *own* probe evidence (after the blinded-standby
+  excuse of "The return path"; never for BGP/BFD state or "no answer yet");
+* charon answers and the losses began after it came back (with charon away, or libipsec's data
+  path dying with charon, the evidence is not about this tunnel);
+* another tunnel is usable and not parked, and traffic has already moved off this one (the
+  last tunnel is never parked: a dead-looking path beats none);
+* not in a loop: the hold before the test doubles from PARK_HOLD to PARK_HOLD_CAP with each
+  parking that follows the last un-parking within PARK_STABLE.
+While parked the tunnel is unusable ("parked: ...") and its BGP neighbor counts as failing. At
+the hold's end the tunnel machine initiates the CHILD SA again (the test): the tunnel is
+proven by max(PROVE, retries) answered probes in a row, and only then un-parked and usable
+again; `retries` losses in a row during the test park it again with the next hold. If no other
+tunnel is usable any more the parking ends at once (Unpark: its CHILD SA comes back now).
+The cloud's automatic failback: once the test's SAs exist the vendor's cloud (health check off)
+sends on tunnel 1 again at once. vpnd follows rather than fights: during the test the return
+path moves to tunnel 1 (the standby's answers arrive through it, and a still-dead tunnel 1
+excuses the standby's losses as the return path's), and after the proof vpnd returns to tunnel
+1 the usual way, following the cloud's move once the tunnel has been usable for
+preempt_delay. A test of a tunnel that is still broken costs the return direction about
+retries x interval; the backoff bounds how often that is paid.
 """
 
 from __future__ import annotations
@@ -142,6 +170,27 @@ DISCRETIONARY = "discretionary"
 CLOUD = "cloud"
 MISMATCH_RISES = 2       # rises of XfrmInTmplMismatch that confirm the cloud's move...
 MISMATCH_WINDOW = 2.0    # ...within this many seconds (one stray packet is no move)
+PARK_HOLD = 10.0         # a parked tunnel is tested again after this...
+PARK_HOLD_CAP = 300.0    # ...doubling with each parking that follows an un-parking closely,
+PARK_STABLE = 60.0       # within this many seconds
+PROVE = 3                # answered probes in a row that prove a tested tunnel (at least)
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """failover -> engine: tear the tunnel's CHILD SAs down and hold it until `until`."""
+
+    tunnel: TunnelKey
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unpark:
+    """failover -> engine: the tunnel's parking is over (proven, or no other tunnel usable)."""
+
+    tunnel: TunnelKey
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +236,12 @@ class Health(NamedTuple):
     lost_bgp: int = 0               # consecutive losses while its BGP session was Established
     proven: bool = False            # answered since its neighbor was last (re-)enabled
     bgp_since: float | None = None  # its BGP session Established since
+    parked: str = ""                # why vpnd tore its CHILD SA down ("" when not parked)
+    park_until: float | None = None # parked: when it is tested again
+    parks: int = 0                  # parkings in a row (each one following an un-parking closely)
+    unparked_at: float | None = None
+    proving: int = 0                # parked and tested: answered probes in a row
+    testing: bool = False           # parked, and its CHILD SA came back since: the test runs
 
 
 class Connection(NamedTuple):
@@ -258,6 +313,8 @@ def _return_path(h: Health, name: str, by_name: dict[str, Health],
     """Why `h`'s current run of losses is explained by the tunnel its replies return through
     ("" when it is its own evidence). See "The return path" in the module docstring."""
     r = h.via
+    if cfg.health_check is None:
+        return ""                   # no probes judge anything (an answer without a check)
     if h.losses == 0 or r is None or r == name or r not in by_name or not h.answered \
             or h.fail_at is not None or h.lost_since is None:
         return ""
@@ -318,6 +375,10 @@ def _assess(h: Health, cfg: ConnectionConfig, now: float, excuse: str = "") -> H
                 usable, why = False, "BFD down"
             elif not h.bgp:
                 usable, why = False, "BGP session not established"
+    if h.parked:
+        failing, usable = True, False
+        why = (f"parked ({h.parked}): proving, {h.proving}/{_prove(cfg)} answered"
+               if h.testing else f"parked ({h.parked})")
     since = (h.since if h.since is not None else now) if usable else None
     if (failing, usable, why, since, excuse) == (h.failing, h.usable, h.why, h.since, h.blinded):
         return h
@@ -409,12 +470,18 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
         if typ is ProbeResult:
             r = c.tunnels.index(h.via) if h.via in c.tunnels else None
             h = _probe(h, event, now, health[r] if r is not None else None, cfg)
+            if h.parked:
+                h = h._replace(proving=h.proving + 1 if event.ok and h.testing else 0)
             if event.ok and event.via is not None and event.via != event.tunnel.tunnel \
                     and event.via in c.tunnels:
                 sent_on.append(event.via)
         elif typ is TunnelChanged:
             h = h._replace(established=event.established,
-                           seen_up=h.seen_up or event.established)
+                           seen_up=h.seen_up or event.established, proving=0)
+            if h.parked and event.established:      # the test begins: judged afresh
+                h = h._replace(losses=0, lost_up=0, lost_bgp=0, fail_at=None, testing=True)
+            elif h.parked:      # the teardown is done; its losses still explain the standby's
+                h = h._replace(testing=False)
         elif typ is CharonAlert:
             fail_at = h.losses + 1
             h = h._replace(fail_at=fail_at if h.fail_at is None else min(h.fail_at, fail_at))
@@ -442,7 +509,91 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
     for to in sent_on:
         c, moved = _mismatch(c, cfg, now, to)
         cloud_moved = cloud_moved or moved
-    return _choose(c, cfg, now, operator_to, cloud_moved)
+    parking: list[Action] = []
+    c = _release(c, cfg, now, parking)
+    c, out = _choose(c, cfg, now, operator_to, cloud_moved)
+    c = _park(c, cfg, now, out)
+    return c, parking + out
+
+
+# --- parking (see "Parking" in the module docstring) ---------------------------------------
+
+def _prove(cfg: ConnectionConfig) -> int:
+    return max(PROVE, _retries(cfg))
+
+
+def _park_hold(parks: int) -> float:
+    return min(PARK_HOLD_CAP, PARK_HOLD * (1 << min(parks, 16)))
+
+
+def _set(c: Connection, i: int, h: Health, cfg: ConnectionConfig, now: float) -> Connection:
+    health = list(c.health)
+    health[i] = _assess(h, cfg, now, h.blinded)
+    return c._replace(health=tuple(health))
+
+
+def _others_usable(c: Connection, name: str) -> bool:
+    return any(h.usable and not h.parked for t, h in zip(c.tunnels, c.health) if t != name)
+
+
+def _release(c: Connection, cfg: ConnectionConfig, now: float, out: list[Action]) -> Connection:
+    """Parked tunnels: un-park when proven or when no other tunnel is usable; a failed test
+    parks again with the next hold."""
+    for i, (name, h) in enumerate(zip(c.tunnels, c.health)):
+        if not h.parked:
+            continue
+        key = TunnelKey(c.name, name)
+        if not _others_usable(c, name) or not _parking_on(cfg):
+            why = "no other tunnel usable" if _parking_on(cfg) else "parking switched off"
+            out.append(Unpark(key, why))
+            # judged by its evidence as before: usable again only once it is answered
+            c = _set(c, i, h._replace(parked="", park_until=None, proving=0, unparked_at=now,
+                                      testing=False), cfg, now)
+        elif h.testing and h.established and h.proving >= _prove(cfg):
+            out.append(Unpark(key, f"proven: {h.proving} probes answered in a row"))
+            c = _set(c, i, h._replace(parked="", park_until=None, proving=0, unparked_at=now,
+                                      testing=False), cfg, now)
+        elif h.testing and h.established and h.losses >= _retries(cfg):
+            until = now + _park_hold(h.parks + 1)
+            reason = f"test failed, {h.losses} probes lost in a row"
+            out.append(Park(key, until, reason))
+            c = _set(c, i, h._replace(parked=reason, park_until=until, parks=h.parks + 1,
+                                      proving=0, testing=False), cfg, now)
+    return c
+
+
+def _parking_on(cfg: ConnectionConfig) -> bool:
+    """Route and bgp modes only: in policy mode the CHILD SA *is* the carrier choice (on
+    libipsec the newest one wins), so a test's CHILD SA would take the traffic itself."""
+    return (cfg.failover.park_dead_tunnel and _probes_apply(cfg) and len(cfg.tunnels) > 1
+            and not cfg.selects_by_sa)
+
+
+def _park(c: Connection, cfg: ConnectionConfig, now: float, out: list[Action]) -> Connection:
+    """Park a tunnel whose data path is dead by its own evidence (module docstring)."""
+    if not _parking_on(cfg) or c.active is None or not c.charon_up:
+        return c
+    parked = False
+    for i, (name, h) in enumerate(zip(c.tunnels, c.health)):
+        if h.parked or name == c.active or not h.established or not h.answered or h.usable:
+            continue
+        if h.why == NO_ANSWER or h.why.startswith(("BGP", "BFD", "CHILD SA")):
+            continue                # not its data path's evidence
+        if c.charon_since is not None and (h.lost_since is None or h.lost_since < c.charon_since):
+            continue                # losses from while charon was away prove nothing here
+        if not _others_usable(c, name):
+            continue                # never the last tunnel
+        close = h.unparked_at is not None and now - h.unparked_at < PARK_STABLE
+        parks = h.parks + 1 if close else 0
+        until = now + _park_hold(parks)
+        reason = f"IKE alive, data path dead: {h.why}"
+        out.append(Park(TunnelKey(c.name, name), until, reason))
+        c = _set(c, i, h._replace(parked=reason, park_until=until, parks=parks, proving=0,
+                                  testing=False), cfg, now)
+        parked = True
+    if parked and cfg.has_bgp:
+        c = _neighbors(c, cfg, out)
+    return c
 
 
 def _follows_replies(cfg: ConnectionConfig) -> bool:

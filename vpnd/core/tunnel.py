@@ -21,6 +21,15 @@ nothing: charon's kernel SAs may well still carry traffic, and the probes, not t
 decide about traffic. Nothing is initiated and no timer runs until the full `SaSnapshot` that
 follows the reconnect has been applied; that snapshot is the truth and the tunnel converges
 to it, reporting only real differences.
+
+Parking (failover decides, see "Parking" in vpnd/core/failover.py; this machine carries it
+out): `Park(key, until, reason)` tears the tunnel's CHILD SAs down (Terminate with child_id,
+the IKE SA stays) and holds the tunnel in PARKED: no re-initiation before `until`, whatever the
+usual backoff says. At `until` the CHILD SA is initiated again over the live IKE SA (a test);
+the tunnel stays PARKED with its CHILD SA installed until failover, having proven it, sends
+`Unpark` (-> ESTABLISHED), or parks it again with a later `until`. `Unpark` of a tunnel held
+without a CHILD SA initiates at once (the other tunnel failed: never hold the last one). The
+IKE SA going away ends the parking (the tunnel is simply down, and retried as usual).
 """
 
 from __future__ import annotations
@@ -40,13 +49,31 @@ PHASE1_FAILED = "phase1_failed"
 IKE_UP = "ike_up"
 PHASE2_FAILED = "phase2_failed"
 ESTABLISHED = "established"
-STATES = (DOWN, CONNECTING, PHASE1_FAILED, IKE_UP, PHASE2_FAILED, ESTABLISHED)
+PARKED = "parked"       # vpnd tore its CHILD SA down on purpose (failover's "Parking")
+STATES = (DOWN, CONNECTING, PHASE1_FAILED, IKE_UP, PHASE2_FAILED, ESTABLISHED, PARKED)
 
 # charon's IKE_SA / CHILD_SA state names, as list-sas reports them
 IKE_LIVE = frozenset({"ESTABLISHED", "REKEYING"})
 IKE_NEGOTIATING = frozenset({"CREATED", "CONNECTING"})
 CHILD_LIVE = frozenset({"INSTALLED", "UPDATING", "REKEYING"})
 CHILD_NEGOTIATING = frozenset({"CREATED", "INSTALLING", "RETRYING"})
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Core-internal (failover -> engine -> tunnel): tear the CHILD SAs down, hold until `until`."""
+
+    tunnel: TunnelKey
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unpark:
+    """Core-internal: the parking is over (proven, or the other tunnel failed)."""
+
+    tunnel: TunnelKey
+    reason: str
 
 
 class TransitionError(Exception):
@@ -80,6 +107,8 @@ class Tunnel(NamedTuple):
     failed_phase: int = 0                # 1 or 2: how the last negotiation failed; 0: it did not
     since: float = 0.0                   # when `state` was entered
     reason: str = "not seen yet"         # why it is in `state`
+    park_until: float | None = None      # parked: no CHILD SA initiated before then
+    parked: str = ""                     # parked: why ("" when not parked)
 
     @property
     def ike_id(self) -> int | None:
@@ -107,6 +136,8 @@ class Tunnel(NamedTuple):
 
 
 def _derive(t: Tunnel) -> str:
+    if t.parked and t.ikes:
+        return PARKED
     if t.children:
         return ESTABLISHED
     if t.ikes:
@@ -128,7 +159,8 @@ def event_kind(event: object) -> str:
 
 EVENT_KINDS = (
     "IkeUp", "IkeDown", "ChildUp", "ChildDown", "IkeRekeyed", "ChildRekeyed", "Phase1Failed",
-    "Phase2Failed", "SaSnapshot", "CharonConnected", "CharonDisconnected", "Tick",
+    "Phase2Failed", "SaSnapshot", "CharonConnected", "CharonDisconnected", "Tick", "Park",
+    "Unpark",
 )
 
 
@@ -139,6 +171,7 @@ def _same(state: str) -> frozenset[str]:
 
 def _table() -> dict[tuple[str, str], frozenset[str]]:
     d, c, p1, iu, p2, e = DOWN, CONNECTING, PHASE1_FAILED, IKE_UP, PHASE2_FAILED, ESTABLISHED
+    pk = PARKED
     t: dict[tuple[str, str], frozenset[str]] = {}
 
     def row(kind: str, **targets: set[str]) -> None:
@@ -147,27 +180,33 @@ def _table() -> dict[tuple[str, str], frozenset[str]]:
 
     # phase 1 done: a child is expected; an extra IKE SA beside a live child changes nothing
     row("IkeUp", down={iu}, connecting={iu}, phase1_failed={iu}, ike_up={iu},
-        phase2_failed={iu}, established={e})
+        phase2_failed={iu}, established={e}, parked={pk})
     # stale ids (not in the set) leave every state alone
     row("IkeDown", down={d}, connecting={c}, phase1_failed={p1}, ike_up={iu, d},
-        phase2_failed={p2}, established={e, iu, d})
+        phase2_failed={p2}, established={e, iu, d}, parked={pk, d})
+    # parked: the CHILD SA coming back is the test; only Unpark ends the parking
     row("ChildUp", down={e}, connecting={e}, phase1_failed={e}, ike_up={e},
-        phase2_failed={e}, established={e})
+        phase2_failed={e}, established={e}, parked={pk})
     row("ChildDown", down={d}, connecting={c}, phase1_failed={p1}, ike_up={iu},
-        phase2_failed={p2}, established={e, iu})
+        phase2_failed={p2}, established={e, iu}, parked={pk})
     # a rekey never changes the state
     for kind in ("IkeRekeyed", "ChildRekeyed", "CharonConnected", "CharonDisconnected"):
         row(kind, **{s: {s} for s in STATES})
     # failures while a CHILD SA is installed concern extra SAs (a failed rekey): ignored
     row("Phase1Failed", down={p1}, connecting={p1}, phase1_failed={p1}, ike_up={iu},
-        phase2_failed={p2, p1}, established={e})
+        phase2_failed={p2, p1}, established={e}, parked={pk})
     row("Phase2Failed", down={p2}, connecting={p2}, phase1_failed={p2}, ike_up={p2},
-        phase2_failed={p2}, established={e})
+        phase2_failed={p2}, established={e}, parked={pk})
     # the snapshot is the truth: anything may follow
     row("SaSnapshot", **{s: set(STATES) for s in STATES})
     # timers: a retry starts (down -> connecting), or an outstanding negotiation times out
     row("Tick", down={d, c}, connecting={c, p1}, phase1_failed={p1}, ike_up={iu, p2},
-        phase2_failed={p2, p1}, established={e})
+        phase2_failed={p2, p1}, established={e}, parked={pk})
+    # only a tunnel with a live IKE SA is parked (else nothing changes); Unpark ends it
+    row("Park", down={d}, connecting={c}, phase1_failed={p1}, ike_up={pk},
+        phase2_failed={pk, p2}, established={pk}, parked={pk})
+    row("Unpark", down={d}, connecting={c}, phase1_failed={p1}, ike_up={iu},
+        phase2_failed={p2}, established={e}, parked={e, iu, p2})
     return t
 
 
@@ -177,6 +216,8 @@ TRANSITIONS: dict[tuple[str, str], frozenset[str]] = _table()
 # --- handlers: (tunnel, event, now, timers) -> (tunnel, reason, actions) ---------------------
 
 def _retry_later(t: Tunnel, now: float, timers: Timers) -> Tunnel:
+    if t.parked and t.park_until is not None:
+        return t._replace(retry_at=max(t.park_until, now + timers.backoff(t.failures)))
     return t._replace(retry_at=now + timers.backoff(t.failures))
 
 
@@ -195,6 +236,8 @@ def _ike_down(t: Tunnel, ev: IkeDown, now: float, timers: Timers):
     ikes = tuple(i for i in t.ikes if i != ev.ike_id)
     children = tuple(c for c in t.children if c[1] != ev.ike_id)
     new = t._replace(ikes=ikes, children=children)
+    if not ikes and t.parked:       # nothing left to park: simply down, retried as usual
+        new = new._replace(parked="", park_until=None)
     if not ikes and t.pending_since is not None:     # the negotiation in flight died with it
         new = new._replace(pending_since=None, failures=t.failures + 1)
     if not children and (t.children or not ikes):
@@ -249,8 +292,8 @@ def _failed(t: Tunnel, ev: NegotiationFailed, now: float, timers: Timers):
         return t, "", []        # an extra SA or a rekey failed; the installed one still works
     # phase 1 failing beside a live IKE SA concerns another attempt: that IKE SA still stands
     phase = t.failed_phase if ev.phase == 1 and t.ikes else ev.phase
-    new = t._replace(pending_since=None, failures=t.failures + 1, failed_phase=phase,
-                  retry_at=now + timers.backoff(t.failures + 1))
+    new = _retry_later(t._replace(pending_since=None, failures=t.failures + 1,
+                                  failed_phase=phase), now, timers)
     return new, f"phase {ev.phase} failed: {ev.reason}", []
 
 
@@ -303,6 +346,10 @@ def _snapshot(t: Tunnel, ev: SaSnapshot, now: float, timers: Timers):
         new = new._replace(retry_at=now if not t.synced else now + timers.backoff(t.failures))
     if ikes and new.failed_phase == 1:
         new = new._replace(failed_phase=0)
+    if new.parked and not ikes:
+        new = new._replace(parked="", park_until=None)
+    elif new.parked and not children and new.park_until is not None:
+        new = new._replace(retry_at=max(new.park_until, new.retry_at or now))
     if children:
         what = f"CHILD SA {children[-1][0]} installed"
     elif ikes:
@@ -335,11 +382,29 @@ def _tick(t: Tunnel, ev: Tick, now: float, timers: Timers):
     return new, f"initiating (attempt {attempt})", [Initiate(t.key)]
 
 
+def _park(t: Tunnel, ev: Park, now: float, timers: Timers):
+    if not t.ikes:
+        return t, "", []            # nothing to park: the IKE SA is gone already
+    actions: list[Action] = [Terminate(t.key, child_id=c) for c, _ in t.children]
+    new = t._replace(parked=ev.reason, park_until=ev.until,
+                     retry_at=ev.until if not t.children else t.retry_at)
+    return new, f"parked: {ev.reason}", actions
+
+
+def _unpark(t: Tunnel, ev: Unpark, now: float, timers: Timers):
+    if not t.parked:
+        return t, "", []
+    new = t._replace(parked="", park_until=None)
+    if not t.children and t.pending_since is None:
+        new = new._replace(retry_at=now)        # held without a CHILD SA: test it now
+    return new, f"unparked: {ev.reason}", []
+
+
 _HANDLERS = {
     IkeUp: _ike_up, IkeDown: _ike_down, ChildUp: _child_up, ChildDown: _child_down,
     IkeRekeyed: _ike_rekeyed, ChildRekeyed: _child_rekeyed, NegotiationFailed: _failed,
     SaSnapshot: _snapshot, CharonConnected: _charon_connected,
-    CharonDisconnected: _charon_disconnected, Tick: _tick,
+    CharonDisconnected: _charon_disconnected, Tick: _tick, Park: _park, Unpark: _unpark,
 }
 
 _TICK = Tick()

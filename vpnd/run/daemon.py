@@ -129,7 +129,7 @@ class Daemon:
         await self.charon.initiate(a.tunnel, timeout=0)
 
     async def _terminate(self, a: A.Terminate) -> None:
-        await self.charon.terminate(a.tunnel, a.ike_id, timeout=0)
+        await self.charon.terminate(a.tunnel, a.ike_id, child_id=a.child_id, timeout=0)
 
     async def _report(self, a: A.ReportTransition) -> None:
         log.info("tunnel.state_changed", connection=a.tunnel.connection, tunnel=a.tunnel.tunnel,
