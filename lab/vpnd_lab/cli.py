@@ -243,7 +243,9 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
         "(IKE stays up: DPD alone would never notice)")
     pinger = Pinger(lab, duration=120)
     streams = Streams(lab, duration=120)
-    wait_until("pings flowing", lambda: True, 1)
+    # Python starts slowly under emulation: the fault only once the pings and both streams deliver
+    wait_until("pings and both streams flowing", lambda: (pinger.last_answer() or 0) > time.time() - 0.5
+               and streams.flowing_since(time.time() - 0.5), 30 * slow, interval=0.05)
     time.sleep(1.0)         # a second of clean traffic before the fault, for the record
     faults.random_phase(opts.interval)      # at a random point of the probe schedule
     faults.blackhole(lab, 0, backend)
@@ -252,11 +254,12 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
                             interval=0.005)
     say(f"   vpnd moved the route to tunnel 2 after {failover_s * 1000:.0f} ms "
         f"(probes every {opts.interval * 1000:.0f} ms, {opts.retries} retries)")
+    wait_until("traffic both ways again", lambda: streams.flowing_since(time.time() - 0.1), 30 * slow)
+    # read after both ways flow: in route mode the cloud moves by its own check, after vpnd
     moved = [e for e in cloud_model.events(lab, "cloud.sending") if e["t"] >= fault_wall and e["tunnel"] == 1]
     cloud_ms = round((moved[0]["t"] - fault_wall) * 1000, 1) if moved else None
     if cloud_ms is not None:
         say(f"   the cloud moved its sending tunnel to tunnel 2 after {cloud_ms:.0f} ms ({moved[0]['reason']})")
-    wait_until("traffic both ways again", lambda: streams.flowing_since(time.time() - 0.1), 30 * slow)
     time.sleep(1.0)
     report = pinger.stop()
     one_way = streams.stop()
