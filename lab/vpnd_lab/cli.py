@@ -215,7 +215,8 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     slow = 5.0 if scenario.emulated() else 1.0
     # the vendor's cloud (docs/lab.md), its health check as in issue 13's measurement: 1 s x 3
     opts = replace(scenario.default_options(backend, routing), cloud_model="vendor",
-                   cloud_check=(2.0 if scenario.emulated() else 1.0, 3))
+                   cloud_check=(2.0 if scenario.emulated() else 1.0, 3),
+                   declare_cloud_check=True)
     budget = cloud_model.budget_ms(routing, opts.cloud_model, cloud_model.CloudCheck(
         "", "", interval=opts.cloud_check[0], retries=opts.cloud_check[1]))
     say(f"== 1. building the lab ({backend} backend): cgw, cloud (two IPsec addresses), lan, vpc")
@@ -231,11 +232,20 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
     say(f"   both tunnels established {took:.1f} s after vpnd started")
     wait_until(f"vpnd's route via tunnel 1 ({ifs[0]})", lambda: active_interface(lab) == ifs[0], 30 * slow)
     print_status(lab, out)
+    # [connection.cloud_health_check] in vpnd's config: the vendor's on-premises /32 route
+    # for the check's source, and replies to the check by the tunnel their probe arrived on
+    check_src = opts.cloud_check_source or lab.plan.cloud_vpc
+    check_route = next((r for r in vpnd_routes(lab) if r.split()[0] in (check_src, f"{check_src}/32")), None)
+    say(f"   the cloud's health check is declared to vpnd ([connection.cloud_health_check]): "
+        f"its source {check_src}/32 is routed " + (f"by vpnd ({check_route})" if check_route
+                                                   else "(no /32 route yet)"))
     say(f"== 3. pinging {lab.plan.vpc_host} from lan every 10 ms; black-holing tunnel 1's data path "
         "(IKE stays up: DPD alone would never notice)")
     pinger = Pinger(lab, duration=120)
     streams = Streams(lab, duration=120)
-    wait_until("pings flowing", lambda: True, 1)
+    # Python starts slowly under emulation: the fault only once the pings and both streams deliver
+    wait_until("pings and both streams flowing", lambda: (pinger.last_answer() or 0) > time.time() - 0.5
+               and streams.flowing_since(time.time() - 0.5), 30 * slow, interval=0.05)
     time.sleep(1.0)         # a second of clean traffic before the fault, for the record
     faults.random_phase(opts.interval)      # at a random point of the probe schedule
     faults.blackhole(lab, 0, backend)
@@ -244,11 +254,12 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
                             interval=0.005)
     say(f"   vpnd moved the route to tunnel 2 after {failover_s * 1000:.0f} ms "
         f"(probes every {opts.interval * 1000:.0f} ms, {opts.retries} retries)")
+    wait_until("traffic both ways again", lambda: streams.flowing_since(time.time() - 0.1), 30 * slow)
+    # read after both ways flow: in route mode the cloud moves by its own check, after vpnd
     moved = [e for e in cloud_model.events(lab, "cloud.sending") if e["t"] >= fault_wall and e["tunnel"] == 1]
     cloud_ms = round((moved[0]["t"] - fault_wall) * 1000, 1) if moved else None
     if cloud_ms is not None:
         say(f"   the cloud moved its sending tunnel to tunnel 2 after {cloud_ms:.0f} ms ({moved[0]['reason']})")
-    wait_until("traffic both ways again", lambda: streams.flowing_since(time.time() - 0.1), 30 * slow)
     time.sleep(1.0)
     report = pinger.stop()
     one_way = streams.stop()
@@ -279,6 +290,7 @@ def demo(lab: Lab, backend: str, routing: str = "route", out=sys.stdout) -> dict
             "outage_ms": report.outage_ms, "outage_lan_to_vpc_ms": one_way.lan_to_vpc.outage_ms,
             "outage_vpc_to_lan_ms": one_way.vpc_to_lan.outage_ms, "cloud_moved_ms": cloud_ms,
             "cloud_budget_ms": budget, "cloud_model": opts.cloud_model,
+            "cloud_check_route": check_route is not None,
             "sent": report.sent, "received": report.received,
             "failback_s": round(back_s, 2), "failback_outage_ms": report2.outage_ms,
             "interface_recreated_ms": None if recreated_s is None else round(recreated_s * 1000, 1)}

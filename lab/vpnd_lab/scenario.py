@@ -71,6 +71,9 @@ class Options:
     cloud_switch_route: bool = True
     cloud_dpd_delay: int | None = None            # default: dpd_delay
     cloud_dpd_timeout: float | None = None        # default: 30 s (vendor), the lab's ~3 s (per-flow)
+    # vpnd's config declares the cloud's check as [connection.cloud_health_check] (route mode, a
+    # cloud_check set): vpnd adds the /32 for its source and answers it by the arrival tunnel
+    declare_cloud_check: bool = False
 
 
 def emulated() -> bool:
@@ -147,7 +150,7 @@ source = "{p.cgw_lan}"
 interval = {opts.interval}
 retries = {opts.retries}{"" if opts.timeout is None else chr(10) + "timeout = " + str(opts.timeout)}
 {"" if opts.switch_route else "switch_route = false" + chr(10)}
-[connection.failover]
+{_cloud_check_section(p, opts)}[connection.failover]
 preempt_delay = {opts.preempt_delay}
 hold_down = {opts.hold_down}
 both_down = "{opts.both_down}"
@@ -169,6 +172,18 @@ transmit_interval_ms = {opts.bfd_ms}
     path.write_text(text)
     path.chmod(0o600)
     return path
+
+
+def _cloud_check_section(p, opts: Options) -> str:
+    """The cloud's health check as entered in its console, when the run declares it to vpnd."""
+    if not (opts.declare_cloud_check and opts.cloud_check is not None and opts.routing == "route"):
+        return ""
+    interval, retries = opts.cloud_check
+    return (f"[connection.cloud_health_check]\n"
+            f'source_ip = "{opts.cloud_check_source or p.cloud_vpc}"\n'
+            f'destination_ip = "{opts.cloud_check_destination or p.cgw_lan}"\n'
+            f"interval = {max(1, round(interval))}\nretries = {retries}\n"
+            f"switch_route = {'true' if opts.cloud_switch_route else 'false'}\n\n")
 
 
 def build_overlay(lab: Lab, config: Config, opts: Options) -> None:
