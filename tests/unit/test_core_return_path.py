@@ -202,6 +202,28 @@ def test_two_signs_far_apart_and_contradicting_signs_confirm_nothing():
                 (17.0, ok("t1", "t2"), [])], start=VENDOR)
 
 
+def test_bgp_prepend_preempts_back_although_the_cloud_returns_through_the_standby():
+    """BGP mode: the standby's more-specifics keep the cloud on t2 for as long as t2 is active,
+    so t1's answers come back through t2 however healthy t1 is. vpnd's switch back (the
+    more-specifics withdrawn, the prepend moved) is what moves the cloud: it must not wait for
+    the cloud (found on the vm tier: tunnel 1 repaired, no failback in 180 s)."""
+    from test_core_failover import BGP_START
+    c = connection(routing="bgp", preempt_delay=3.0, hold_down=1.0)
+    c = dataclasses.replace(c, health_check=dataclasses.replace(c.health_check, interval=1.0))
+    moved = black_hole_t1(10.0, 15.0) + [(15.5, ok("t2", "t2"), ANY), (16.0, loss("t1"), ANY)]
+    steps = []
+    for n in range(20, 23):         # t1 repaired; the more-specifics keep the cloud on t2
+        steps += [(float(n), ok("t1", "t2"), ANY), (n + 0.5, ok("t2", "t2"), ANY)]
+    steps += [(23.0, Tick(), [act("t1", "preferred t1 healthy for 3.0 s: switched back")])]
+    for n in range(24, 40):         # withdrawn: the cloud's best path is t1 again
+        steps += [(float(n), ok("t1", "t1"), ANY), (n + 0.5, ok("t2", "t1"), ANY)]
+    e = run(c, [(0.6, ok("t1", "t1"), ANY), (0.7, ok("t2", "t1"), ANY)] + moved + steps
+            + [(60.0, Tick(), ANY)], start=BGP_START)
+    conn = e.connections["c"]
+    assert conn.active == "t1"
+    assert sum(1 for s in conn.switches if s > 20) == 1
+
+
 def test_bgp_ecmp_does_not_follow_per_flow_hashing():
     c = dataclasses.replace(connection(routing="bgp", standby="ecmp", preempt_delay=3.0,
                                        hold_down=1.0))

@@ -605,6 +605,16 @@ def _follows_replies(cfg: ConnectionConfig) -> bool:
     return not (cfg.has_bgp and cfg.bgp is not None and cfg.bgp.standby == "ecmp")
 
 
+def _steers_cloud(cfg: ConnectionConfig) -> bool:
+    """BGP mode, active/standby by prepend: the cloud's best path is what vpnd announces (the
+    prepend, the standby's more-specifics), so it sends on whichever tunnel vpnd makes active.
+    A repaired tunnel 1's answers keep coming back through tunnel 2 until vpnd switches back
+    (the more-specifics hold the cloud there): waiting for the cloud first would never end.
+    Only with tunnel 1's session Established (the cloud has its paths again); signs of the
+    cloud's move within hold_down of that switch are ignored as for any switch."""
+    return cfg.has_bgp and (cfg.bgp is None or cfg.bgp.standby == "prepend")
+
+
 def _mismatch(c: Connection, cfg: ConnectionConfig, now: float,
               to: str | None = None) -> tuple[Connection, bool]:
     """Record one sign of the cloud's move; True when it confirms it (module docstring).
@@ -779,9 +789,10 @@ def _choose(c: Connection, cfg: ConnectionConfig, now: float, operator_to: str |
             c = c._replace(both_down=False, reason=reason)
         deadline = None
         # never back onto a tunnel whose own replies the cloud sends through another one: the
-        # directions would split, and following the cloud would move straight back
+        # directions would split, and following the cloud would move straight back; unless
+        # vpnd's own announcements decide the cloud's path, so switching back moves it too
         if best != cur and (fo.preempt or best == c.pinned) and \
-                by_name[best].via in (None, best):
+                (by_name[best].via in (None, best) or (_steers_cloud(cfg) and by_name[best].bgp)):
             release = _damping_release(c, fo.max_switches_per_minute, now)
             if release is not None:
                 since = by_name[best].since
