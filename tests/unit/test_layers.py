@@ -138,7 +138,8 @@ def test_check_and_render_import_no_adapter_library(tmp_path):
 
     example = str(installed_example(tmp_path))
     code = ("import sys\nfrom vpnd.cli import main\n"
-            f"for argv in (['check', '-c', {example!r}], ['render', 'swanctl', '-c', {example!r}]):\n"
+            f"for argv in (['check', '-c', {example!r}], ['render', 'swanctl', '-c', {example!r}],\n"
+            f"             ['render', 'nft', '-c', {example!r}]):\n"
             "    assert main(argv) == 0, argv\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in\n"
             "             ('pyroute2', 'pexpect', 'prometheus_client', 'alibabacloud_vpc20160428',\n"

@@ -86,3 +86,27 @@ def test_the_cli_follows_until_done_or_waiting_for_the_cloud(monkeypatch):
     assert rc == cli.EXIT_WAITING
     assert [line.split(":")[1].split()[1] for line in out.getvalue().splitlines()] == \
         ["draining", "proving", "waiting_for_cloud"]
+
+
+def test_an_abort_typo_is_refused_not_taken_for_a_start():
+    calls = []
+
+    async def rotate(conn, tunnel, abort):
+        calls.append(abort)
+        return {"connection": conn, "phase": "draining"}
+
+    srv = server(rotate)
+    assert ask(srv, abort="YES")["code"] == "bad_request"
+    assert ask(srv, abort="no")["ok"] and calls == [False]
+
+
+def test_the_cli_stops_following_when_the_rotation_state_is_gone(monkeypatch):
+    """vpnd restarted mid-rotation: status has no psk_rotation; the CLI must not poll forever."""
+    import io
+    monkeypatch.setattr(cli, "request", lambda path, p: {"ok": True, "status": {}})
+    err = io.StringIO()
+    first = {"connection": "c", "rotation": {"connection": "c", "tunnel": "t1", "phase": "proving",
+                                             "reason": "x"}}
+    rc = cli._follow_rotation("/x", first, SimpleNamespace(no_wait=False, abort=False),
+                              io.StringIO(), err, poll=0)
+    assert rc == cli.EXIT_REFUSED and "state is gone" in err.getvalue()

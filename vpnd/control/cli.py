@@ -135,7 +135,12 @@ def _follow_rotation(path: str, reply: dict, args: Any, out: TextIO, err: TextIO
         except Unreachable as exc:
             print(f"vpnd psk: {exc}", file=err)
             return _EXIT_BY_KIND[exc.kind]
-        r = st.get("status", {}).get("psk_rotation", {}).get(reply["connection"], r)
+        now = st.get("status", {}).get("psk_rotation", {}).get(reply["connection"])
+        if now is None:     # vpnd restarted (a rotation is not kept across a restart)
+            print(f"vpnd psk: {reply['connection']}: the rotation's state is gone (vpnd "
+                  "restarted?); `vpnd status` shows the tunnels, run the rotation again", file=err)
+            return EXIT_REFUSED
+        r = now
         if (r["phase"], r.get("tunnel")) != last:
             last = (r["phase"], r.get("tunnel"))
             print(_rotation_line(r), file=out)

@@ -230,11 +230,15 @@ class ControlServer:
         follows it (`psk_rotation`). Refusals carry the reason, never a key."""
         if self._rotate is None:
             raise Refused("unsupported", "this daemon does not rotate keys")
+        abort = req.get("abort", "no")
+        if abort not in ("yes", "true", "1", "no", "false", "0"):
+            # a typo must not start the rotation it meant to stop
+            raise Refused("bad_request", f"abort must be yes or no, not {str(abort)[:20]!r}")
         name = self._resolve(req, "tunnel").connection if req.get("tunnel") is not None \
             else self._one_connection(req)
         try:
             state = await asyncio.wait_for(self._rotate(name, req.get("tunnel"),
-                                                        req.get("abort") in ("yes", "true", "1")),
+                                                        abort in ("yes", "true", "1")),
                                            self.apply_timeout)
         except TimeoutError:
             raise Refused("timeout", "the daemon did not answer in time") from None

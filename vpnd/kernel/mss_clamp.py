@@ -23,45 +23,14 @@ from typing import Any, Mapping
 
 from vpnd import logs
 from vpnd.config.model import ConnectionConfig
-from vpnd.kernel.return_path import NFT_FAMILY, NFT_TABLE, ReturnPath, ReturnPathError
+from vpnd.kernel.nft_text import NFT_FAMILY, NFT_TABLE, chain, nft_rules, nft_script, wanted
+from vpnd.kernel.return_path import ReturnPath, ReturnPathError
 
 log = logs.get("vpnd.mss_clamp")
 
 
 class MssClampError(ReturnPathError):
     """nft refused the clamp (the message says why)."""
-
-
-def chain(conn: ConnectionConfig) -> str:
-    return f"mss-{conn.name}"
-
-
-def wanted(conn: ConnectionConfig) -> bool:
-    """Route and BGP modes: one interface per tunnel to clamp by (policy mode has none)."""
-    return conn.tunnel_interfaces
-
-
-def nft_rules(conn: ConnectionConfig, mss: Mapping[str, int]) -> list[str]:
-    """The chain's rules; `mss`: interface -> MSS (tunnels without one are not clamped)."""
-    out = []
-    for t in conn.tunnels:
-        n = mss.get(t.interface)
-        if n is None:
-            continue
-        for side in ("oifname", "iifname"):
-            out.append(f'{side} "{t.interface}" tcp flags syn tcp option maxseg size > {n} '
-                       f"tcp option maxseg size set {n}")
-    return out
-
-
-def nft_script(conn: ConnectionConfig, mss: Mapping[str, int]) -> str:
-    t = f"{NFT_FAMILY} {NFT_TABLE}"
-    c = chain(conn)
-    lines = [f"add table {t}",
-             f"add chain {t} {c} {{ type filter hook forward priority mangle; policy accept; }}",
-             f"flush chain {t} {c}"]
-    lines += [f"add rule {t} {c} {r}" for r in nft_rules(conn, mss)]
-    return "\n".join(lines) + "\n"
 
 
 def clamps_in(ruleset: dict[str, Any] | None, conn: ConnectionConfig) -> dict[str, set[int]] | None:

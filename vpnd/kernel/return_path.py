@@ -33,10 +33,10 @@ from typing import Any
 from vpnd import logs
 from vpnd.config.model import ConnectionConfig
 from vpnd.kernel import netlink
+from vpnd.kernel.nft_text import NFT_FAMILY, NFT_TABLE
 
 log = logs.get("vpnd.return_path")
 
-NFT_FAMILY, NFT_TABLE = "inet", "vpnd"
 RULE_PRIORITY = 200         # before charon's table 220 (priority 220) and main (32766)
 SCOPE_LINK = 253
 MARK_MASK = 0xFFFFFFFF

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from vpnd.config.model import Config
 from vpnd.core.mtu import clamp_mss, interface_mtu
-from vpnd.kernel import mss_clamp
+from vpnd.kernel import nft_text as mss_clamp
 
 
 def nft_text(config: Config) -> str:
