@@ -98,7 +98,8 @@ class PathMtuProber:
             self._wake.clear()
             if self.usable():
                 found, probes, took = await self.measure()
-                wait = self.interval
+                # a search the tunnel's death spoiled is tried again once it answers
+                wait = self.interval if found is not None or self.usable() else RETRY
                 if found is not None:
                     self.on_result(self.tunnel, found, probes, took)
             else:
@@ -170,6 +171,12 @@ class PathMtuProber:
             sock.close()
         took = time.monotonic() - t0
         self.last_search = took
+        if search.result is not None and not self.usable():
+            # the tunnel died during the search: its losses say nothing about the path's size
+            # (a clamp near 536 for ten minutes otherwise); the next search measures again
+            log.info("path_mtu.discarded", tunnel=str(self.tunnel), interface=self.interface,
+                     reason="the tunnel stopped answering its health probes during the search")
+            return None, search.probes, took
         if search.result is not None:
             self.result = search.result
         log.info("path_mtu.measured", tunnel=str(self.tunnel), interface=self.interface,

@@ -89,6 +89,16 @@ def test_real_search_on_loopback_is_one_probe_at_the_interface_mtu():
     assert found == min(interface_mtu("lo"), 65535) and probes == 1
 
 
+def test_a_search_during_which_the_tunnel_died_is_discarded():
+    """Its lost probes were the tunnel's death, not a narrow path: no result, nothing kept."""
+    async def scenario():
+        p = prober(lambda: False, [], taken=lambda: set())
+        return p, await p.measure()
+
+    p, (found, probes, _) = asyncio.run(scenario())
+    assert found is None and probes == 1 and p.result is None
+
+
 def test_doctor_reports_each_tunnels_path_mtu():
     from vpnd_testing.config_toml import dumps, route_config
     from vpnd.config.load import load_text
