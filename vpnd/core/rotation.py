@@ -183,8 +183,9 @@ def step(r: Rotation, outcome: Outcome, now: float, *,
             return r, [LoadKey(t, "old"), WaitUntil(at)]
         if r.phase in ("rekeying", "proving"):
             # unproven: the old key back, traffic stays off it, the next tunnel untouched
+            again = f"; `vpnd undrain {t}` gives it traffic again" if r.drained_by_us else ""
             return _to(r, "failed", now, f"{r.phase} {t} failed: {outcome.reason}; old key "
-                       "restored, traffic kept on the other tunnel"), [LoadKey(t, "old")]
+                       f"restored, traffic kept on the other tunnel{again}"), [LoadKey(t, "old")]
         return _to(r, "failed", now, f"{r.phase} {t} failed: {outcome.reason}"), []
     # Done
     if r.phase == "draining":
