@@ -103,8 +103,8 @@ class Run:
             self.times[n], self.waited[n] = None, fault
 
 
-def _reestablished(lab: RunningLab) -> None:
-    wait_until("both tunnels up", lambda: both_established(lab.lab), 60)
+def _reestablished(lab: RunningLab, timeout: float = 60) -> None:
+    wait_until("both tunnels up", lambda: both_established(lab.lab), timeout)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,9 @@ def run():
         faults.blackhole(lab, 0, "libipsec")
         out.expect("tunnel 1 black-holed", t0, ["VpndProbeLossHigh", "VpndFailover"], 40)
         faults.repair(lab)
-        _reestablished(r)
+        # tunnel 1 was parked (IKE alive, data path dead): its CHILD SA comes back when its
+        # hold ends, 10 s doubling with each failed test while the fault lasted
+        _reestablished(r, timeout=180)
 
         # 2. tunnel 1's peer gone (IKE too), then tunnel 2's: one tunnel down, then all
         t0 = time.monotonic()

@@ -214,3 +214,14 @@ def test_the_property_above_did_park():
 def test_policy_mode_never_parks():
     r = esp_dead_t1(Run(cfg(routing="policy")))
     assert not r.of(Terminate) and r.t("t1")["state"] == "established"
+
+
+def test_losses_from_before_its_child_sa_came_back_do_not_park_it():
+    """Found in the lab: a CHILD SA re-installed after an outage was parked at once for the
+    161 probes it had lost while it had none. Only losses of the SA as it is now count."""
+    r = Run(cfg())
+    r.feed([(10.0, ChildDown(T1, 1, 11, "DPD timeout"))]
+           + [(10.5 + n, lost("t1")) for n in range(6)] + [(10.7 + n, ok("t2", "t2")) for n in range(6)]
+           + [(17.0, ChildUp(T1, 1, 111))])
+    assert not [a for _, a in r.of(Terminate) if a.child_id == 111]
+    assert r.t("t1")["state"] != "parked"

@@ -242,6 +242,7 @@ class Health(NamedTuple):
     unparked_at: float | None = None
     proving: int = 0                # parked and tested: answered probes in a row
     testing: bool = False           # parked, and its CHILD SA came back since: the test runs
+    up_at: float | None = None      # when its CHILD SA was last installed (it was down before)
 
 
 class Connection(NamedTuple):
@@ -476,8 +477,9 @@ def decide_all(c: Connection, cfg: ConnectionConfig, events: Sequence[object],
                     and event.via in c.tunnels:
                 sent_on.append(event.via)
         elif typ is TunnelChanged:
+            up_at = now if event.established and not h.established else h.up_at
             h = h._replace(established=event.established,
-                           seen_up=h.seen_up or event.established, proving=0)
+                           seen_up=h.seen_up or event.established, proving=0, up_at=up_at)
             if h.parked and event.established:      # the test begins: judged afresh
                 h = h._replace(losses=0, lost_up=0, lost_bgp=0, fail_at=None, testing=True)
             elif h.parked:      # the teardown is done; its losses still explain the standby's
@@ -583,6 +585,8 @@ def _park(c: Connection, cfg: ConnectionConfig, now: float, out: list[Action]) -
             continue                # losses from while charon was away prove nothing here
         if not _others_usable(c, name):
             continue                # never the last tunnel
+        if h.up_at is not None and (h.lost_since is None or h.lost_since < h.up_at):
+            continue                # losses from before this CHILD SA came up say nothing of it
         close = h.unparked_at is not None and now - h.unparked_at < PARK_STABLE
         parks = h.parks + 1 if close else 0
         until = now + _park_hold(parks)
