@@ -143,12 +143,10 @@ class Engine:
         self.connections[name] = new
         changed = self._note(name, new.deadline)
         for a in actions:       # parking is carried out by the tunnel machine
-            if type(a) is failover.Park or type(a) is failover.Unpark:
+            if type(a) is tunnel.Park or type(a) is tunnel.Unpark:
                 t = self.tunnels.get(a.tunnel)
                 if t is not None:
-                    ev = (tunnel.Park(a.tunnel, a.until, a.reason) if type(a) is failover.Park
-                          else tunnel.Unpark(a.tunnel, a.reason))
-                    changed |= self._run_tunnel(a.tunnel, t, ev, now, out, [])
+                    changed |= self._run_tunnel(a.tunnel, t, a, now, out, [])
             else:
                 out.append(a)
         return changed

@@ -155,6 +155,7 @@ from typing import NamedTuple
 
 from vpnd.config.model import ConnectionConfig
 from vpnd.core.actions import Action, SetActive, SetBgpNeighbor
+from vpnd.core.tunnel import Park, Unpark    # failover decides them, the tunnel machine does them
 from vpnd.core.events import (
     Adopted, BfdChanged, BgpSessionChanged, CharonAlert, Drain, ForceFailover, ProbeResult, Tick,
     TunnelKey, Undrain, XfrmInTmplMismatch,
@@ -174,23 +175,6 @@ PARK_HOLD = 10.0         # a parked tunnel is tested again after this...
 PARK_HOLD_CAP = 300.0    # ...doubling with each parking that follows an un-parking closely,
 PARK_STABLE = 60.0       # within this many seconds
 PROVE = 3                # answered probes in a row that prove a tested tunnel (at least)
-
-
-@dataclass(frozen=True, slots=True)
-class Park:
-    """failover -> engine: tear the tunnel's CHILD SAs down and hold it until `until`."""
-
-    tunnel: TunnelKey
-    until: float
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unpark:
-    """failover -> engine: the tunnel's parking is over (proven, or no other tunnel usable)."""
-
-    tunnel: TunnelKey
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
